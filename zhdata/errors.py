@@ -1,0 +1,44 @@
+"""Errors and the bad-input policy shared by every command."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+
+class InputError(Exception):
+    """Bad input: names the file, where in it (line or record), and what is wrong."""
+
+    def __init__(self, path: str | Path, where: str | int | None, problem: str, hint: str = ""):
+        self.path, self.where, self.problem = str(path), where, problem
+        loc = self.path if where is None else f"{self.path}:{where}"
+        msg = f"{loc}: {problem}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class ErrorPolicy:
+    """`--on-error stop|skip`: stop raises `InputError`; skip counts the record under `reason`."""
+
+    def __init__(self, mode: str = "stop"):
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"--on-error must be 'stop' or 'skip', not {mode!r}")
+        self.mode = mode
+        self.skipped: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self.empty_files: list[str] = []
+
+    def empty(self, path: str | Path) -> None:
+        """An empty file holds no record: stop, or list it (it is not a record, so it is not counted)."""
+        if self.mode == "stop":
+            raise InputError(path, None, "empty file", "remove it, or use --on-error skip to pass over empty files")
+        self.empty_files.append(str(path))
+
+    def bad(self, path: str | Path, where: str | int | None, problem: str, reason: str) -> None:
+        err = InputError(path, where, problem, hint="use --on-error skip to count and skip such records")
+        if self.mode == "stop":
+            raise err
+        self.skipped[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(str(err).split(" (use --on-error")[0])
