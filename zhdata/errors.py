@@ -15,7 +15,11 @@ class InputError(Exception):
         msg = f"{loc}: {problem}"
         if hint:
             msg += f" ({hint})"
+        self.hint = hint
         super().__init__(msg)
+
+    def __reduce__(self):  # picklable, so an error raised in a worker process reaches the parent intact
+        return (type(self), (self.path, self.where, self.problem, self.hint))
 
 
 class ErrorPolicy:

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from zhdata.cli import main
+from zhdata.dedupe import DedupeOptions, run_dedupe
+from zhdata.manifest import Manifest
+
+POOL = list("天地玄黄宇宙洪荒日月盈昃辰宿列张寒来暑往秋收冬藏闰余成岁律吕调阳云腾致雨露结为霜金生丽水玉出昆冈")
+
+
+def _shards(tmp_path, shards):
+    d = tmp_path / "in"
+    d.mkdir()
+    for k, texts in enumerate(shards):
+        pl.DataFrame({"id": [f"s{k}-{i}" for i in range(len(texts))], "text": texts,
+                      "source": "t"}).write_parquet(d / f"part-{k:05d}-0000.parquet")
+    Manifest("zhdata clean", {}).write(d)
+    return d
+
+
+def _texts(seed, n, length=300):
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(POOL, length)) for _ in range(n)]
+
+
+def test_exact_and_near_duplicates_across_shards(tmp_path):
+    base = _texts(0, 6)
+    near = base[1][:150] + "某" + base[1][151:]
+    spaced = "  ".join(base[3][i:i + 20] for i in range(0, 300, 20)) + "。"  # same text, other spacing/punctuation
+    d = _shards(tmp_path, [base[:3], [base[3], near, base[4]], [spaced, base[5], base[0]]])
+    out = tmp_path / "out"
+    m = run_dedupe(d, out, DedupeOptions(), progress=False)
+    kept = pl.concat([pl.read_parquet(f) for f in sorted(out.glob("part-*.parquet"))])
+    assert kept["id"].to_list() == ["s0-0", "s0-1", "s0-2", "s1-0", "s1-2", "s2-1"]
+    c = m.counts
+    assert c.records_in == 9 and c.records_out == 6
+    assert c.dropped == {"near_duplicate": 1, "exact_duplicate": 2}
+    cl = pl.read_parquet(out / "clusters.parquet").sort("id")
+    assert cl.filter(pl.col("id") == "s1-1").row(0, named=True) | {} == {
+        "id": "s1-1", "cluster": "s0-1", "cluster_size": 2, "kept": False, "reason": "near_duplicate", "shard": "part-00001-0000.parquet"}
+    assert set(cl.filter(pl.col("kept"))["id"]) == {"s0-0", "s0-1", "s1-0"}
+    assert len(cl) == 6
+    assert json.loads((out / "manifest.json").read_text())["counts"]["records_out"] == 6
+
+
+def test_verify_rejects_loose_candidates(tmp_path):
+    a = _texts(1, 1, 400)[0]
+    b = a[:300] + "".join(_texts(2, 1, 100)[0])  # 5-gram Jaccard about 0.6
+    d = _shards(tmp_path, [[a, b]])
+    loose = DedupeOptions(threshold=0.9, bands=32, rows=4)  # candidate at Jaccard ~0.4 and up
+    assert run_dedupe(d, tmp_path / "o1", loose, progress=False).counts.records_out == 1
+    verified = DedupeOptions(threshold=0.9, bands=32, rows=4, verify=True)
+    assert run_dedupe(d, tmp_path / "o2", verified, progress=False).counts.records_out == 2
+
+
+def test_parallel_signatures_equal_serial(tmp_path):
+    d = _shards(tmp_path, [_texts(3, 20), _texts(3, 20)[:10] + _texts(4, 10)])
+    m1 = run_dedupe(d, tmp_path / "o1", DedupeOptions(), workers=1, progress=False)
+    m2 = run_dedupe(d, tmp_path / "o2", DedupeOptions(), workers=2, progress=False)
+    assert m1.counts.to_dict() == m2.counts.to_dict() and m1.counts.records_out == 30
+    assert pl.read_parquet(tmp_path / "o1" / "clusters.parquet").equals(pl.read_parquet(tmp_path / "o2" / "clusters.parquet"))
+
+
+def test_bad_inputs(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["dedupe", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 2
+    assert "no .parquet shards" in capsys.readouterr().err
+    d = tmp_path / "nomani"
+    d.mkdir()
+    pl.DataFrame({"text": ["x"]}).write_parquet(d / "a.parquet")
+    assert main(["dedupe", str(d), "-o", str(tmp_path / "o")]) == 2
+    assert "did not finish" in capsys.readouterr().err
+    Manifest("t", {}).write(d)
+    assert main(["dedupe", str(d), "-o", str(tmp_path / "o"), "--text-field", "body"]) == 2
+    assert "no column 'body'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["dedupe", str(d)])  # -o is required

@@ -1,0 +1,45 @@
+import polars as pl
+import pytest
+
+from zhdata.normalize import Normalizer, dedupe_key, normalize_text
+
+
+def test_t2s_and_tw2sp():
+    assert normalize_text("這是一個測試") == "这是一个测试"
+    assert normalize_text("伺服器", Normalizer(convert="tw2sp")) == "服务器"
+    assert normalize_text("這是", Normalizer(convert="none")) == "這是"
+
+
+def test_fullwidth_letters_digits_only_punctuation_kept():
+    assert normalize_text("ＡＢＣ１２３ａｂ，。！？：；（）") == "ABC123ab，。！？：；（）"
+
+
+def test_control_zero_width_crlf():
+    assert normalize_text("甲\u200b乙\ufeff丙\x07\r\n丁\r戊") == "甲乙丙\n丁\n戊"
+
+
+def test_html_tags_comments_entities():
+    assert normalize_text("<p class='x'>段落</p><!-- c -->&amp;&lt;&#20013;&#x6587;<br/>") == "段落&<中文"
+    assert normalize_text("a < b 且 c > d") == "a < b 且 c > d"  # comparison signs are not tags
+
+
+def test_ansi_and_roff_noise():
+    assert normalize_text("\x1b[1;31m红色\x1b[0m N\x08NA\x08AM\x08ME \\fB粗\\fR") == "红色 NAME 粗"
+
+
+def test_whitespace_runs():
+    assert normalize_text("  甲\u3000\u3000乙 \t 丙  \n\n\n\n丁  ") == "甲 乙 丙\n\n丁"
+
+
+def test_each_step_switchable_and_counted():
+    s = pl.Series(["這是ＡＢ", "plain"])
+    out, changed = Normalizer(fullwidth=False).apply(s)
+    assert out.to_list() == ["这是ＡＢ", "plain"]
+    assert changed["convert"] == 1 and "fullwidth" not in changed
+    with pytest.raises(ValueError, match="unknown OpenCC mode"):
+        Normalizer(convert="x2y")
+
+
+def test_dedupe_key_ignores_space_punct_case_width():
+    a, b = dedupe_key(pl.Series(["你好，World！ ", "你好,world!"])).to_list()
+    assert a == b == "你好world"

@@ -1,0 +1,239 @@
+"""`zhdata clean`: normalise and quality-filter raw text into sharded Parquet, in parallel and resumably.
+
+Each input file is cut into pieces of about `--piece-mb` at line boundaries; each piece becomes one
+output shard `part-FFFFF-PPPP.parquet` (file index, piece index), so output order is deterministic
+whatever the number of workers, and a re-run skips the shards that are already finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from .errors import ErrorPolicy, InputError
+from .filters import FILTERS, Filters, read_blocklist
+from .manifest import Counts, Manifest
+from .normalize import OPENCC_MODES, STEPS, Normalizer
+from .readers import Piece, expand_inputs, iter_records, plan_pieces
+from .shards import ShardState, parallel_map
+
+DEFAULT_PIECE_MB = 64
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    text_field: str = "text"
+    text_unit: str = "line"  # plain text: one document per line, or per file
+    fmt: str | None = None
+    keep_fields: tuple[str, ...] = ()
+    normalizer: Normalizer = Normalizer()
+    filters: Filters = Filters()
+    on_error: str = "stop"
+
+
+def sample_path() -> Path:
+    """The built-in sample: public-domain Chinese text, some Traditional, some noisy (see sample/README.md)."""
+    return Path(str(resources.files("zhdata") / "sample"))
+
+
+def read_piece(piece: Piece, opts: CleanOptions, policy: ErrorPolicy) -> pl.DataFrame:
+    """Records of one piece as a frame of id, text, source and kept fields; bad records go to `policy`."""
+    name = Path(piece.path).name
+    ids: list[str] = []
+    texts: list[str] = []
+    sources: list[str] = []
+    kept: dict[str, list[str | None]] = {k: [] for k in opts.keep_fields}
+    for where, rec in iter_records(piece, policy=policy, text_unit=opts.text_unit):
+        if isinstance(rec, str):
+            text, rid, src = rec, None, None
+        elif isinstance(rec, dict):
+            if opts.text_field not in rec:
+                policy.bad(piece.path, where, f"no field {opts.text_field!r} (fields: {', '.join(list(rec)[:8])}); pick one with --text-field", "missing_text_field")
+                continue
+            text, rid, src = rec[opts.text_field], rec.get("id"), rec.get("source")
+            if not isinstance(text, str):
+                policy.bad(piece.path, where, f"field {opts.text_field!r} is {type(text).__name__}, not a string", "non_string_text")
+                continue
+        else:
+            policy.bad(piece.path, where, f"record is a JSON {type(rec).__name__}, not an object", "not_an_object")
+            continue
+        ids.append(str(rid) if rid is not None else f"{name}:{where}")
+        texts.append(text)
+        sources.append(src if isinstance(src, str) else name)
+        for k in opts.keep_fields:
+            v = rec.get(k) if isinstance(rec, dict) else None
+            kept[k].append(v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+    return pl.DataFrame({"id": ids, "text": texts, "source": sources, **kept},
+                        schema={"id": pl.String, "text": pl.String, "source": pl.String, **{k: pl.String for k in kept}})
+
+
+def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.Series, dict[str, int], dict[str, int]]:
+    """The pure batch step: (normalised frame, drop reason per row or null, modified per step, failures per filter alone)."""
+    text, modified = opts.normalizer.apply(df["text"])
+    df = df.with_columns(text=text)
+    reason, alone = opts.filters.reasons(text)
+    return df, reason, modified, alone
+
+
+def process_piece(piece: Piece, opts: CleanOptions, out_dir: str | None) -> dict[str, Any]:
+    """Read, clean and (unless `out_dir` is None, i.e. --stats) write one piece; return its counts."""
+    policy = ErrorPolicy(opts.on_error)
+    df = read_piece(piece, opts, policy)
+    df, reason, modified, alone = clean_frame(df, opts)
+    counts = Counts(records_in=len(df) + sum(policy.skipped.values()))
+    counts.dropped.update(policy.skipped)
+    counts.dropped.update({k: v for k, v in reason.value_counts().iter_rows() if k is not None})
+    counts.modified.update({k: v for k, v in modified.items() if v})
+    out = df.filter(reason.is_null())
+    counts.records_out = len(out)
+    stats = {"counts": counts.to_dict(), "alone": alone, "examples": policy.examples, "empty_files": policy.empty_files}
+    if out_dir is not None:
+        ShardState(out_dir).finish(shard_name(piece), out, stats)
+    return stats
+
+
+def shard_name(piece: Piece) -> str:
+    return f"part-{piece.index:05d}-{piece.part:04d}"
+
+
+def _task(args: tuple[Piece, CleanOptions, str | None]) -> dict[str, Any]:
+    return process_piece(*args)
+
+
+def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanOptions, workers: int = 1,
+              piece_mb: int = DEFAULT_PIECE_MB, overwrite: bool = False, progress: bool = True) -> Manifest:
+    """Clean `inputs` into `out_dir` (or only measure, when `out_dir` is None) and return the manifest."""
+    files = expand_inputs(inputs, opts.fmt)
+    pieces = plan_pieces(files, opts.fmt, piece_mb << 20)
+    params = {"inputs": [str(f) for f in files], "text_field": opts.text_field, "text_unit": opts.text_unit,
+              "format": opts.fmt, "keep_fields": list(opts.keep_fields), "normalize": opts.normalizer.params(),
+              "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb}
+    manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
+    manifest.add_inputs(files)
+    state = ShardState(out_dir) if out_dir is not None else None
+    todo = pieces
+    if state is not None:
+        state.start(params, overwrite)
+        todo = [p for p in pieces if not state.done(shard_name(p))]
+    sizes = {p: (p.end - p.start if p.end is not None else Path(p.path).stat().st_size) for p in pieces}
+    bar = tqdm(total=sum(sizes[p] for p in todo), unit="B", unit_scale=True, desc="clean", disable=not progress)
+    if len(todo) < len(pieces):
+        bar.write(f"resuming: {len(pieces) - len(todo)} of {len(pieces)} shards already done")
+    results: dict[Piece, dict[str, Any]] = {}
+    tasks = [(p, opts, str(out_dir) if out_dir is not None else None) for p in todo]
+    for p, res in zip(todo, parallel_map(_task, tasks, workers)):
+        results[p] = res
+        bar.update(sizes[p])
+    bar.close()
+    alone: dict[str, int] = {}
+    for p in pieces:
+        res = results.get(p) or state.stats(shard_name(p))  # type: ignore[union-attr]
+        manifest.counts.merge(Counts.from_dict(res["counts"]))
+        manifest.source(Path(p.path).name).merge(Counts.from_dict(res["counts"]))
+        for k, v in res["alone"].items():
+            alone[k] = alone.get(k, 0) + v
+        manifest.warnings.extend(f"{f}: empty file, skipped" for f in res["empty_files"])
+        manifest.extra.setdefault("bad_record_examples", []).extend(res["examples"][: max(0, 20 - len(manifest.extra.get("bad_record_examples", [])))])
+    manifest.extra["filters_alone"] = alone
+    manifest.extra["shards"] = [f"{shard_name(p)}.parquet" for p in pieces]
+    if out_dir is not None:
+        manifest.write(out_dir)
+    return manifest
+
+
+def format_report(m: Manifest) -> str:
+    """A short table of what was dropped and changed."""
+    c = m.counts
+    lines = [f"records in {c.records_in:,}  out {c.records_out:,}  dropped {sum(c.dropped.values()):,}"]
+    alone = m.extra.get("filters_alone", {})
+    lines.append(f"{'reason':<22}{'dropped':>10}{'fails alone':>13}")
+    for name in [*FILTERS, *sorted(set(c.dropped) - set(FILTERS))]:
+        if name in c.dropped or name in alone:
+            lines.append(f"{name:<22}{c.dropped.get(name, 0):>10,}{alone.get(name, 0):>13,}")
+    if c.modified:
+        lines.append("modified: " + ", ".join(f"{k} {v:,}" for k, v in sorted(c.modified.items())))
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "clean", help="normalise and quality-filter raw Chinese text into Parquet shards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Normalise (OpenCC, Unicode, control/ANSI/HTML noise, full-width letters and digits, whitespace) and\n"
+        "filter (length, Chinese ratio, line length, repeated n-grams, blocklist) documents from JSONL, JSON,\n"
+        "Parquet or text files (optionally .gz/.zst/.xz), streaming a piece at a time on all workers.\n\n"
+        "examples:\n  zhdata clean --sample -o out/clean\n"
+        "  zhdata clean corpus/ -o out/clean --workers 16 --convert tw2sp\n"
+        "  zhdata clean corpus/ --stats            # what each filter would do; writes nothing\n"
+        "A re-run with the same inputs and options skips finished shards.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders of .jsonl/.json/.parquet/.txt (optionally compressed)")
+    p.add_argument("--sample", action="store_true", help="clean the built-in sample (about 3 MB of public-domain Chinese)")
+    p.add_argument("-o", "--output", metavar="OUT_DIR", help="output folder for Parquet shards and manifest.json")
+    p.add_argument("--stats", action="store_true", help="only report what each step and filter would do; write nothing")
+    g = p.add_argument_group("input")
+    g.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    g.add_argument("--format", choices=["jsonl", "json", "parquet", "txt"], help="override format detection by file name")
+    g.add_argument("--text-unit", choices=["line", "file"], default="line", help="plain text: a document per line (default) or per file")
+    g.add_argument("--keep-fields", default="", help="comma-separated input fields to keep as metadata columns")
+    g.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="bad records (malformed JSON, invalid UTF-8, missing or non-string text): stop with an error (default) or count and skip")
+    g = p.add_argument_group("normalisation (each step can be switched off)")
+    g.add_argument("--convert", default="t2s", choices=OPENCC_MODES,
+                   help="OpenCC conversion (default t2s; tw2sp also converts Taiwan phrasing; none to keep the script)")
+    for step in STEPS[1:]:
+        g.add_argument(f"--no-{step}", action="store_true", help=f"skip the {step} step")
+    g = p.add_argument_group("filters (0 switches a filter off)")
+    d = Filters()
+    g.add_argument("--min-chars", type=int, default=d.min_chars, help=f"drop shorter documents (default {d.min_chars})")
+    g.add_argument("--max-chars", type=int, default=d.max_chars, help=f"drop longer documents (default {d.max_chars})")
+    g.add_argument("--min-chinese-ratio", type=float, default=d.min_chinese_ratio,
+                   help=f"Han characters over non-space characters (default {d.min_chinese_ratio})")
+    g.add_argument("--min-avg-line-chars", type=float, default=d.min_avg_line_chars,
+                   help=f"average characters per non-empty line (default {d.min_avg_line_chars}; ChineseWebText uses 10 for web text)")
+    g.add_argument("--max-dup-ngram-frac", type=float, default=d.max_dup_ngram_frac,
+                   help=f"fraction of characters inside repeated character n-grams (default {d.max_dup_ngram_frac})")
+    g.add_argument("--dup-ngram", type=int, default=d.dup_ngram, help=f"n for the repetition filter (default {d.dup_ngram})")
+    g.add_argument("--blocklist", metavar="FILE", help="words, one per line; documents with more than --max-block-per-line hits per line are dropped")
+    g.add_argument("--max-block-per-line", type=float, default=d.max_block_per_line, help=f"(default {d.max_block_per_line})")
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    g.add_argument("--piece-mb", type=int, default=DEFAULT_PIECE_MB, help=f"input piece per shard, MB (default {DEFAULT_PIECE_MB})")
+    g.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_clean)
+
+
+def options_from_args(a: argparse.Namespace) -> CleanOptions:
+    norm = Normalizer(convert=a.convert, **{s: not getattr(a, f"no_{s}") for s in STEPS[1:]})
+    filt = Filters(min_chars=a.min_chars or None, max_chars=a.max_chars or None,
+                   min_chinese_ratio=a.min_chinese_ratio or None, min_avg_line_chars=a.min_avg_line_chars or None,
+                   max_dup_ngram_frac=a.max_dup_ngram_frac or None, dup_ngram=a.dup_ngram,
+                   blocklist=read_blocklist(a.blocklist) if a.blocklist else (), max_block_per_line=a.max_block_per_line)
+    keep = tuple(k for k in a.keep_fields.split(",") if k)
+    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error)
+
+
+def cmd_clean(a: argparse.Namespace) -> int:
+    inputs = list(a.inputs) + ([str(sample_path())] if a.sample else [])
+    if not inputs:
+        raise InputError("(command line)", None, "no input given", "name files or folders, or use --sample")
+    if not a.stats and not a.output:
+        raise InputError("(command line)", None, "no output folder", "give -o OUT_DIR, or --stats to only measure")
+    m = run_clean(inputs, None if a.stats else a.output, options_from_args(a), a.workers, a.piece_mb, a.overwrite,
+                  progress=not a.no_progress)
+    print(format_report(m))
+    for ex in m.extra.get("bad_record_examples", [])[:5]:
+        print(f"skipped: {ex}", file=sys.stderr)
+    if not a.stats:
+        print(f"wrote {len(m.extra['shards'])} shards and manifest.json to {a.output}")
+    return 0

@@ -1,0 +1,252 @@
+"""`zhdata dedupe`: exact and MinHash-LSH near-duplicate removal over a whole corpus of Parquet shards.
+
+Pass 1 (parallel, resumable per shard): dedupe key, a stable exact hash (blake2b) and LSH band keys
+of every document. Then, globally and in bounded memory: exact duplicates and band collisions are
+linked in one union-find, band by band from disk. Pass 2 keeps the first document (in corpus order)
+of every cluster, writes the shards under the same names, and `clusters.parquet` lists every
+document of every cluster with its cluster, whether it was kept and why not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from .errors import InputError
+from .lsh import LSHIndex, UnionFind, band_keys
+from .manifest import Counts, Manifest
+from .minhash import optimal_bands, signatures
+from .ngrams import codepoints, ngram_hashes
+from .normalize import dedupe_key
+from .shards import ShardState, parallel_map
+
+
+@dataclass(frozen=True)
+class DedupeOptions:
+    exact: bool = True
+    near: bool = True
+    ngram: int = 5  # character n-grams: Chinese has no spaces, and words need a segmenter (jieba: ~0.5 MB/s)
+    num_perm: int = 128
+    threshold: float = 0.8
+    bands: int = 0  # 0: chosen from threshold and num_perm
+    rows: int = 0
+    verify: bool = False  # keep only candidate pairs whose exact n-gram Jaccard reaches the threshold
+    seed: int = 1
+    text_field: str = "text"
+
+    def resolved(self) -> "DedupeOptions":
+        if self.bands and self.rows:
+            return self
+        b, r = optimal_bands(self.threshold, self.num_perm)
+        return DedupeOptions(**{**asdict(self), "bands": b, "rows": r})
+
+
+def list_shards(in_dir: str | Path) -> list[Path]:
+    d = Path(in_dir)
+    if not d.is_dir():
+        raise InputError(d, None, "not a folder", "dedupe reads the Parquet shards of a `zhdata clean` output folder")
+    shards = sorted(p for p in d.glob("*.parquet") if p.name != "clusters.parquet")
+    if not shards:
+        raise InputError(d, None, "no .parquet shards here", "run `zhdata clean ... -o DIR` first and dedupe DIR")
+    if not (d / "manifest.json").exists():
+        raise InputError(d, None, "no manifest.json: the run that wrote these shards did not finish",
+                         "re-run it (it resumes where it stopped), then dedupe")
+    return shards
+
+
+def read_texts(path: Path, field: str) -> list[str]:
+    try:
+        col = pl.read_parquet(path, columns=[field])[field]
+    except pl.exceptions.ColumnNotFoundError:
+        raise InputError(path, None, f"no column {field!r}", "choose it with --text-field") from None
+    if col.dtype != pl.String:
+        raise InputError(path, None, f"column {field!r} is {col.dtype}, not text")
+    if col.null_count():
+        raise InputError(path, int(col.is_null().arg_true()[0]) + 1, f"column {field!r} holds nulls")
+    return col.to_list()
+
+
+def exact_hashes(keys: list[str]) -> np.ndarray:
+    """blake2b-64 of each dedupe key: stable across machines and library versions (unlike Polars' hash)."""
+    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys],
+                    dtype=np.uint64)
+
+
+def shard_keys(texts: list[str], opts: DedupeOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The pure per-batch step: (exact hash per document, LSH band keys per document)."""
+    keys = dedupe_key(pl.Series(texts, dtype=pl.String)).to_list()
+    exact = exact_hashes(keys)
+    if not opts.near:
+        return exact, np.zeros((len(keys), 0), dtype=np.uint64)
+    sigs = signatures(keys, opts.num_perm, opts.ngram, opts.seed)
+    return exact, band_keys(sigs, opts.bands, opts.rows, opts.seed)
+
+
+def _pass1(task: tuple[str, str, DedupeOptions]) -> int:
+    shard, cache, opts = task
+    exact, bands = shard_keys(read_texts(Path(shard), opts.text_field), opts)
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, exact=exact, bands=bands)
+    os.replace(tmp, cache)
+    return len(exact)
+
+
+class JaccardVerifier:
+    """Exact n-gram Jaccard of candidate pairs; loads (and keeps) only the documents it is asked about."""
+
+    def __init__(self, shards: list[Path], offsets: np.ndarray, opts: DedupeOptions):
+        self.shards, self.offsets, self.opts = shards, offsets, opts
+        self.sets: dict[int, np.ndarray] = {}
+
+    def _load(self, docs: np.ndarray) -> None:
+        missing = np.unique(docs[[d not in self.sets for d in docs]])
+        shard_of = np.searchsorted(self.offsets, missing, side="right") - 1
+        for s in np.unique(shard_of):
+            rows = missing[shard_of == s]
+            texts = read_texts(self.shards[s], self.opts.text_field)
+            keys = dedupe_key(pl.Series([texts[r - self.offsets[s]] for r in rows], dtype=pl.String)).to_list()
+            cp, offs = codepoints(keys)
+            h, _, doc = ngram_hashes(cp, offs, self.opts.ngram, self.opts.seed, whole_short=True)
+            for i, d in enumerate(rows):
+                self.sets[int(d)] = np.unique(h[doc == i])
+
+    def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        self._load(np.concatenate([u, v]))
+        out = np.zeros(len(u), dtype=bool)
+        for k, (a, b) in enumerate(zip(u.tolist(), v.tolist())):
+            sa, sb = self.sets[a], self.sets[b]
+            inter = len(np.intersect1d(sa, sb, assume_unique=True))
+            union = len(sa) + len(sb) - inter
+            out[k] = union == 0 or inter / union >= self.opts.threshold
+        return out
+
+
+def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, workers: int = 1,
+               overwrite: bool = False, progress: bool = True) -> Manifest:
+    opts = opts.resolved()
+    shards = list_shards(in_dir)
+    out = Path(out_dir)
+    if out.resolve() == Path(in_dir).resolve():
+        raise InputError(out, None, "output folder is the input folder", "write the deduplicated shards to a new folder")
+    params = {"input": str(Path(in_dir).resolve()), "shards": [s.name for s in shards], **asdict(opts)}
+    manifest = Manifest("zhdata dedupe", params)
+    manifest.add_inputs(shards)
+    state = ShardState(out)
+    state.start(params, overwrite)
+    caches = [str(state.parts / f"sig-{s.stem}.npz") for s in shards]
+    todo = [(str(s), c, opts) for s, c in zip(shards, caches) if not Path(c).exists()]
+    for _ in tqdm(parallel_map(_pass1, todo, workers), total=len(todo), desc="dedupe: signatures", unit="shard",
+                  disable=not progress):
+        pass
+
+    index = LSHIndex(state.parts / "bands", opts.bands, opts.rows, opts.seed) if opts.near else None
+    exact_parts, sizes = [], []
+    for c in caches:
+        with np.load(c) as z:
+            exact_parts.append(z["exact"])
+            sizes.append(len(z["exact"]))
+            if index is not None:
+                index.add_keys(z["bands"])
+    exact = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    uf = UnionFind(len(exact))
+    if opts.exact:
+        order = np.argsort(exact, kind="stable")
+        same = np.zeros(len(order), dtype=bool)
+        same[1:] = exact[order][1:] == exact[order][:-1]
+        run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
+        uf.union(order[run_start[same]], order[same])
+    if index is not None:
+        verify = JaccardVerifier(shards, offsets, opts) if opts.verify else None
+        roots = index.clusters(verify, uf)
+        index.close()
+    else:
+        roots = uf.labels()
+
+    size = np.bincount(roots, minlength=len(roots))
+    root_ids: dict[int, str] = {}
+    cluster_rows: list[pl.DataFrame] = []
+    for k, shard in enumerate(tqdm(shards, desc="dedupe: write", unit="shard", disable=not progress)):
+        df = pl.read_parquet(shard)
+        idx = np.arange(offsets[k], offsets[k + 1])
+        r = roots[idx]
+        keep = r == idx
+        reason = np.where(keep, None, np.where(exact[idx] == exact[r], "exact_duplicate", "near_duplicate"))
+        ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [f"{shard.name}:{i + 1}" for i in range(len(df))]
+        in_cluster = size[r] > 1
+        for i in np.nonzero(in_cluster & keep)[0]:
+            root_ids[int(idx[i])] = ids[i]
+        sel = np.nonzero(in_cluster)[0]
+        if len(sel):
+            cluster_rows.append(pl.DataFrame({
+                "id": [ids[i] for i in sel], "cluster": [root_ids[int(r[i])] for i in sel],
+                "cluster_size": size[r[sel]].astype(np.int64), "kept": keep[sel], "reason": reason[sel].tolist(),
+                "shard": shard.name,
+            }, schema={"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean,
+                       "reason": pl.String, "shard": pl.String}))
+        c = Counts(records_in=len(df), records_out=int(keep.sum()))
+        c.dropped.update({k2: int(v) for k2, v in zip(*np.unique(reason[~keep].astype(str), return_counts=True))})
+        state.finish(shard.stem, df.filter(pl.Series(keep)), {"counts": c.to_dict()})
+        manifest.counts.merge(c)
+    clusters = pl.concat(cluster_rows) if cluster_rows else pl.DataFrame(
+        schema={"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean, "reason": pl.String, "shard": pl.String})
+    clusters.write_parquet(out / "clusters.parquet")
+    manifest.extra["dedupe"] = {"bands": opts.bands, "rows": opts.rows, "documents": int(len(roots)),
+                                "clusters": int(((size > 1) & (np.arange(len(size)) == roots)).sum()),
+                                "documents_in_clusters": int(len(clusters))}
+    manifest.extra["shards"] = [s.name for s in shards]
+    manifest.write(out)
+    return manifest
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = DedupeOptions()
+    p = sub.add_parser(
+        "dedupe", help="remove exact and near-duplicate documents across a whole corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Exact duplicates (blake2b of the text without whitespace and punctuation, NFKC, lower case) and\n"
+        "near duplicates (MinHash over character n-grams, LSH bands, connected components) over every shard\n"
+        "of IN_DIR at once. The first document of each cluster in corpus order is kept.\n"
+        "OUT_DIR gets the shards under the same names, clusters.parquet (every member of every cluster:\n"
+        "id, cluster, kept, reason) and manifest.json.\n\n"
+        "examples:\n  zhdata dedupe out/clean -o out/dedup\n  zhdata dedupe out/clean -o out/dedup --threshold 0.7 --verify",
+    )
+    p.add_argument("input", metavar="IN_DIR", help="folder of Parquet shards (a `zhdata clean` output)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--no-exact", action="store_true", help="skip exact duplicates")
+    p.add_argument("--no-near", action="store_true", help="skip near duplicates")
+    p.add_argument("--threshold", type=float, default=d.threshold, help=f"Jaccard similarity of near duplicates (default {d.threshold})")
+    p.add_argument("--ngram", type=int, default=d.ngram, help=f"character n-gram length (default {d.ngram}; 13 is stricter)")
+    p.add_argument("--num-perm", type=int, default=d.num_perm, help=f"signature length (default {d.num_perm})")
+    p.add_argument("--bands", type=int, default=0, help="LSH bands (default: tuned for --threshold)")
+    p.add_argument("--rows", type=int, default=0, help="rows per band (default: tuned for --threshold)")
+    p.add_argument("--verify", action="store_true",
+                   help="check candidate pairs by exact n-gram Jaccard (more precise; memory grows with the number of candidates)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_dedupe)
+
+
+def cmd_dedupe(a: argparse.Namespace) -> int:
+    if not 0 < a.threshold <= 1:
+        raise InputError("(command line)", None, f"--threshold {a.threshold} is not in (0, 1]")
+    if (a.bands > 0) != (a.rows > 0):
+        raise InputError("(command line)", None, "give both --bands and --rows, or neither")
+    opts = DedupeOptions(not a.no_exact, not a.no_near, a.ngram, a.num_perm, a.threshold, a.bands, a.rows,
+                         a.verify, a.seed, a.text_field)
+    m = run_dedupe(a.input, a.output, opts, a.workers, a.overwrite, progress=not a.no_progress)
+    c, d = m.counts, m.extra["dedupe"]
+    print(f"documents {c.records_in:,}  kept {c.records_out:,}  "
+          + "  ".join(f"{k} {v:,}" for k, v in sorted(c.dropped.items()))
+          + f"\nclusters {d['clusters']:,} (bands {d['bands']} x rows {d['rows']}); wrote {a.output}")
+    return 0

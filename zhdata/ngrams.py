@@ -1,0 +1,122 @@
+"""Character n-gram hashing over a whole batch of texts at once, in numpy.
+
+The hashes are our own arithmetic on Unicode code points (a seeded polynomial followed by the
+splitmix64 finaliser), so they are identical across platforms and library versions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+_U64 = np.uint64
+_M1, _M2 = _U64(0xBF58476D1CE4E5B9), _U64(0x94D049BB133111EB)
+
+
+def mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a bijective, well-mixing map of uint64 arrays."""
+    z = z ^ (z >> _U64(30))
+    z = z * _M1
+    z = z ^ (z >> _U64(27))
+    z = z * _M2
+    return z ^ (z >> _U64(31))
+
+
+def seeded(seed: int, salt: int = 0) -> np.uint64:
+    return mix64(np.array([(seed * 0x9E3779B97F4A7C15 + salt) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+
+
+def codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All texts' code points concatenated (uint32) and the offsets of each text (length n + 1)."""
+    lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    cp = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    return cp, offsets
+
+
+def ngram_hashes(cp: np.ndarray, offsets: np.ndarray, n: int, seed: int = 0,
+                 whole_short: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hashes of every character n-gram that lies inside one text.
+
+    Returns (hashes uint64, start positions in `cp`, text index of each n-gram). With `whole_short`,
+    a non-empty text shorter than n contributes one hash of its whole content, so it is never empty.
+    """
+    total = len(cp)
+    ndocs = len(offsets) - 1
+    lens = np.diff(offsets)
+    mult = seeded(seed, 1) | _U64(1)
+    if total >= n:
+        m = total - n + 1
+        h = np.zeros(m, dtype=np.uint64)
+        cp64 = cp.astype(np.uint64)
+        for k in range(n):
+            h *= mult
+            h += cp64[k : k + m]
+        starts = np.arange(m, dtype=np.int64)
+        doc = np.repeat(np.arange(ndocs, dtype=np.int64), lens)[:m]
+        ok = starts + n <= offsets[doc + 1]
+        h, starts, doc = h[ok], starts[ok], doc[ok]
+    else:
+        h, starts, doc = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if whole_short:
+        short = np.nonzero((lens > 0) & (lens < n))[0]
+        if len(short):
+            extra = np.zeros(len(short), dtype=np.uint64)
+            for i, d in enumerate(short):  # rare: texts shorter than one n-gram
+                acc = np.uint64(0)
+                for c in cp[offsets[d] : offsets[d + 1]].astype(np.uint64):
+                    acc = acc * mult + c
+                extra[i] = acc
+            h = np.concatenate([h, extra])
+            starts = np.concatenate([starts, offsets[short]])
+            doc = np.concatenate([doc, short])
+    return mix64(h ^ seeded(seed, 2)), starts, doc
+
+
+def text_chunks(texts: Sequence[str], max_chars: int = 1 << 20) -> list[tuple[int, int]]:
+    """[start, end) ranges of texts holding about `max_chars` characters each (bounded memory, cache-sized sorts)."""
+    ranges, start, acc = [], 0, 0
+    for i, t in enumerate(texts):
+        acc += len(t)
+        if acc >= max_chars:
+            ranges.append((start, i + 1))
+            start, acc = i + 1, 0
+    if start < len(texts):
+        ranges.append((start, len(texts)))
+    return ranges
+
+
+def duplicated_ngram_fraction(texts: Sequence[str], n: int) -> np.ndarray:
+    """Per text, the fraction of its characters covered by n-grams that occur more than once in it
+    (the Gopher / ChineseWebText repetition measure, on characters since Chinese has no spaces)."""
+    out = np.zeros(len(texts), dtype=np.float64)
+    for a, b in text_chunks(texts):
+        out[a:b] = _dup_fraction(texts[a:b], n)
+    return out
+
+
+def _dup_fraction(texts: Sequence[str], n: int) -> np.ndarray:
+    cp, offsets = codepoints(texts)
+    lens = np.diff(offsets)
+    out = np.zeros(len(texts), dtype=np.float64)
+    h, starts, doc = ngram_hashes(cp, offsets, n)
+    if len(h) == 0:
+        return out
+    # One plain sort of (hash of n-gram and text | start position) packed in 64 bits finds the repeats.
+    bits = max(int(len(cp)).bit_length(), 1)
+    low = _U64((1 << bits) - 1)
+    packed = np.sort(((h ^ mix64(doc.astype(np.uint64))) & ~low) | starts.astype(np.uint64))
+    hi = packed & ~low
+    same = hi[1:] == hi[:-1]
+    dup = np.zeros(len(packed), dtype=bool)
+    dup[1:] |= same
+    dup[:-1] |= same
+    dup_starts = (packed[dup] & low).astype(np.int64)
+    size = len(cp) + n
+    delta = np.bincount(dup_starts, minlength=size) - np.bincount(dup_starts + n, minlength=size)
+    covered = np.cumsum(delta[: len(cp)]) > 0
+    csum = np.concatenate([[0], np.cumsum(covered)])
+    np.divide(csum[offsets[1:]] - csum[offsets[:-1]], lens, out=out, where=lens > 0)
+    return out

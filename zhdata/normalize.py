@@ -1,0 +1,110 @@
+"""Chinese-aware text normalisation over Polars string Series (Rust regexes, no per-document Python loop).
+
+Each step is switchable and reports how many texts it changed. OpenCC runs per document (C++),
+HTML entity decoding runs in Python only on the few texts that contain an entity.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+import polars as pl
+
+OPENCC_MODES = ("none", "t2s", "tw2s", "tw2sp", "hk2s", "t2tw", "s2t", "s2tw", "s2twp", "t2hk", "s2hk", "jp2t", "t2jp")
+STEPS = ("convert", "unicode", "ansi", "control", "html", "fullwidth", "whitespace")
+
+# Full-width ASCII letters and digits only: Chinese punctuation (，。！？：；) stays as it is.
+_FW = [chr(c) for c in range(0xFF10, 0xFF1A)] + [chr(c) for c in range(0xFF21, 0xFF3B)] + [chr(c) for c in range(0xFF41, 0xFF5B)]
+_HW = [chr(ord(c) - 0xFEE0) for c in _FW]
+
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufff9-\ufffb]"
+_ANSI = r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|.\x08|\\f[BIRP1-4]|\\s[+-]?[0-9]|\\\([a-z]{2}"
+_HTML_COMMENT = r"(?s)<!--.*?-->"
+_HTML_TAG = r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s+[^<>]*)?/?>"
+_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+_HSPACE = r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+"
+
+
+@lru_cache(maxsize=None)
+def _opencc(mode: str):
+    import opencc
+
+    return opencc.OpenCC(mode if mode.endswith(".json") else f"{mode}.json")
+
+
+def opencc_convert(texts: list[str], mode: str) -> list[str]:
+    cc = _opencc(mode)
+    return [cc.convert(t) for t in texts]
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Normalisation steps, applied in the order of `STEPS`; each one can be switched off."""
+
+    convert: str = "t2s"  # OpenCC mode or "none"
+    unicode: bool = True  # NFC composition (not NFKC: that would turn Chinese punctuation into ASCII)
+    ansi: bool = True  # ANSI terminal escapes, backspace overstrike, roff font escapes
+    control: bool = True  # control and zero-width characters; CRLF and CR become LF
+    html: bool = True  # HTML/XML tags and comments removed, entities decoded
+    fullwidth: bool = True  # full-width ASCII letters and digits to half-width
+    whitespace: bool = True  # runs of spaces (incl. U+3000) to one, trailing spaces, 3+ newlines to 2, strip
+
+    def __post_init__(self) -> None:
+        if self.convert not in OPENCC_MODES:
+            raise ValueError(f"unknown OpenCC mode {self.convert!r}; choose one of {', '.join(OPENCC_MODES)}")
+
+    def params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def apply(self, texts: pl.Series) -> tuple[pl.Series, dict[str, int]]:
+        """Return normalised texts and, per step, how many texts that step changed."""
+        changed: dict[str, int] = {}
+
+        def step(name: str, new: pl.Series) -> pl.Series:
+            changed[name] = int((new != cur).sum())
+            return new
+
+        cur = texts.cast(pl.String)
+        if self.convert != "none":
+            cur = step("convert", pl.Series(cur.name, opencc_convert(cur.to_list(), self.convert), dtype=pl.String))
+        if self.unicode:
+            cur = step("unicode", cur.str.normalize("NFC"))
+        if self.ansi:
+            cur = step("ansi", cur.str.replace_all(_ANSI, ""))
+        if self.control:
+            cur = step("control", cur.str.replace_all("\r\n?", "\n").str.replace_all(_CONTROL, ""))
+        if self.html:
+            cur = step("html", _strip_html(cur))
+        if self.fullwidth:
+            cur = step("fullwidth", cur.str.replace_many(_FW, _HW))
+        if self.whitespace:
+            cur = step("whitespace", cur.str.replace_all(_HSPACE, " ")
+                       .str.replace_all(r"(?m) +$", "").str.replace_all(r"(?m)^ +", "")
+                       .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars())
+        return cur, changed
+
+
+def _strip_html(s: pl.Series) -> pl.Series:
+    s = s.str.replace_all(_HTML_COMMENT, "").str.replace_all(_HTML_TAG, "")
+    has_entity = s.str.contains(_ENTITY)
+    if not has_entity.any():
+        return s
+    # Polars cannot decode numeric entities: unescape in Python, only where an entity occurs.
+    idx = has_entity.arg_true().to_list()
+    vals = s.to_list()
+    for i in idx:
+        vals[i] = html.unescape(vals[i])
+    return pl.Series(s.name, vals, dtype=pl.String)
+
+
+def normalize_text(text: str, normalizer: Normalizer | None = None) -> str:
+    """Normalise one string (convenience wrapper over `Normalizer.apply`)."""
+    out, _ = (normalizer or Normalizer()).apply(pl.Series([text]))
+    return out[0]
+
+
+def dedupe_key(texts: pl.Series) -> pl.Series:
+    """The text that duplicates are judged on: NFKC, lower case, no whitespace or punctuation."""
+    return texts.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[\s\p{P}]+", "")
