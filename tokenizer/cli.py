@@ -9,7 +9,7 @@ from importlib import import_module
 from zhdata.errors import InputError
 
 # Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["tokenizer.train", "tokenizer.extend", "tokenizer.convert", "tokenizer.embeddings", "tokenizer.audit", "tokenizer.report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
