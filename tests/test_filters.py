@@ -33,3 +33,14 @@ def test_duplicated_ngram_fraction_exact_values():
     # "abcabc": abc occurs twice, covering all 6 chars; "aaaa": aaa twice covers 4
     assert list(frac) == [1.0, 0.0, 0.0, 1.0, 0.0]
     assert duplicated_ngram_fraction(["甲乙丙丁甲乙丙戊"], 3)[0] == 6 / 8
+
+
+def test_codepoint_measures_match_regex_definitions():
+    from zhdata.filters import codepoint_measures
+    texts = ["中文 text\n\n  \n第二行𠀀", "", "   ", "a\nb\nc", "龘\u3000ｘ"]
+    m = codepoint_measures(texts)
+    s = pl.Series(texts)
+    assert m["chars"].tolist() == s.str.len_chars().to_list()
+    assert m["han"].tolist() == s.str.count_matches(r"\p{Han}").to_list()
+    assert m["nonspace"].tolist() == s.str.replace_all(r"\s", "").str.len_chars().to_list()
+    assert m["lines"].tolist() == s.str.count_matches(r"(?m)^.*\S.*$").to_list()

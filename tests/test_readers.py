@@ -91,6 +91,9 @@ def test_expand_inputs_folder_and_unknown(tmp_path):
     _write(tmp_path / "d" / "b.jsonl", b'{"text":"x"}\n')
     _write(tmp_path / "d" / "a.txt", b"x\n")
     _write(tmp_path / "d" / "notes.md", b"x\n")
+    (tmp_path / "d" / ".parts").mkdir()
+    _write(tmp_path / "d" / ".parts" / "plan.json", b"{}")
+    _write(tmp_path / "d" / "manifest.json", b"{}")
     assert [p.name for p in expand_inputs([tmp_path / "d"])] == ["a.txt", "b.jsonl"]
     with pytest.raises(InputError, match="cannot tell the format"):
         expand_inputs([tmp_path / "d" / "notes.md"])

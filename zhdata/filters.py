@@ -13,10 +13,34 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .ngrams import duplicated_ngram_fraction
+from .ngrams import codepoints, duplicated_ngram_fraction, text_chunks
 
 FILTERS = ("too_short", "too_long", "low_chinese_ratio", "short_lines", "repetitive", "blocklisted")
-_HAN = r"[\p{Han}]"
+_HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))
+_SPACE = np.array([9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000],
+                  dtype=np.uint32)
+
+
+def codepoint_measures(texts: list[str]) -> dict[str, np.ndarray]:
+    """Characters, Han characters, non-space characters and non-empty lines per text, in one numpy pass."""
+    out = {k: np.zeros(len(texts), dtype=np.int64) for k in ("chars", "han", "nonspace", "lines")}
+    for a, b in text_chunks(texts):
+        cp, off = codepoints(texts[a:b])
+        doc = np.repeat(np.arange(b - a), np.diff(off))
+        han = np.zeros(len(cp), dtype=bool)
+        for lo, hi in _HAN_RANGES:
+            han |= (cp >= lo) & (cp <= hi)
+        nonspace = ~np.isin(cp, _SPACE)
+        # a line is non-empty when it holds a non-space character: count the first such character per line
+        line = np.cumsum(cp == 10)
+        idx = np.nonzero(nonspace)[0]
+        first = np.ones(len(idx), dtype=bool)
+        first[1:] = (line[idx][1:] != line[idx][:-1]) | (doc[idx][1:] != doc[idx][:-1])
+        out["chars"][a:b] = np.diff(off)
+        out["han"][a:b] = np.bincount(doc[han], minlength=b - a)
+        out["nonspace"][a:b] = np.bincount(doc[nonspace], minlength=b - a)
+        out["lines"][a:b] = np.bincount(doc[idx[first]], minlength=b - a)
+    return out
 
 
 @dataclass(frozen=True)
@@ -37,21 +61,20 @@ class Filters:
 
     def measures(self, texts: pl.Series) -> pl.DataFrame:
         """Per document: characters, Han ratio, average line length, repeated n-gram fraction, blocklist hits per line."""
-        df = pl.DataFrame({"text": texts})
-        cols = [
-            pl.col("text").str.len_chars().alias("chars"),
-            (pl.col("text").str.count_matches(_HAN) / pl.col("text").str.replace_all(r"\s+", "").str.len_chars())
-            .fill_nan(0.0).alias("chinese_ratio"),
-            (pl.col("text").str.len_chars() / pl.col("text").str.count_matches(r"(?m)^.*\S.*$").clip(lower_bound=1))
-            .alias("avg_line_chars"),
-            pl.col("text").str.count_matches(r"(?m)^.*\S.*$").clip(lower_bound=1).alias("lines"),
-        ]
+        as_list = texts.to_list()
+        c = codepoint_measures(as_list)
+        lines = np.maximum(c["lines"], 1)
+        out = pl.DataFrame({
+            "chars": c["chars"],
+            "chinese_ratio": c["han"] / np.maximum(c["nonspace"], 1),
+            "avg_line_chars": c["chars"] / lines,
+            "lines": lines,
+        })
         if self.blocklist:
             pattern = "|".join(re.escape(w) for w in sorted(self.blocklist, key=len, reverse=True))
-            cols.append(pl.col("text").str.count_matches(pattern).alias("block_hits"))
-        out = df.select(cols)
+            out = out.with_columns(block_hits=texts.str.count_matches(pattern).to_numpy())
         if self.max_dup_ngram_frac:
-            out = out.with_columns(dup_ngram_frac=pl.Series(duplicated_ngram_fraction(texts.to_list(), self.dup_ngram)))
+            out = out.with_columns(dup_ngram_frac=pl.Series(duplicated_ngram_fraction(as_list, self.dup_ngram)))
         return out
 
     def failures(self, m: pl.DataFrame) -> dict[str, pl.Series]:

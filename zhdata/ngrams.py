@@ -64,10 +64,11 @@ def ngram_hashes(cp: np.ndarray, offsets: np.ndarray, n: int, seed: int = 0,
         short = np.nonzero((lens > 0) & (lens < n))[0]
         if len(short):
             extra = np.zeros(len(short), dtype=np.uint64)
+            m = int(mult)
             for i, d in enumerate(short):  # rare: texts shorter than one n-gram
-                acc = np.uint64(0)
-                for c in cp[offsets[d] : offsets[d + 1]].astype(np.uint64):
-                    acc = acc * mult + c
+                acc = 0
+                for c in cp[offsets[d] : offsets[d + 1]].tolist():
+                    acc = (acc * m + c) & 0xFFFFFFFFFFFFFFFF
                 extra[i] = acc
             h = np.concatenate([h, extra])
             starts = np.concatenate([starts, offsets[short]])
@@ -75,7 +76,7 @@ def ngram_hashes(cp: np.ndarray, offsets: np.ndarray, n: int, seed: int = 0,
     return mix64(h ^ seeded(seed, 2)), starts, doc
 
 
-def text_chunks(texts: Sequence[str], max_chars: int = 1 << 20) -> list[tuple[int, int]]:
+def text_chunks(texts: Sequence[str], max_chars: int = 1 << 18) -> list[tuple[int, int]]:
     """[start, end) ranges of texts holding about `max_chars` characters each (bounded memory, cache-sized sorts)."""
     ranges, start, acc = [], 0, 0
     for i, t in enumerate(texts):
@@ -92,7 +93,7 @@ def duplicated_ngram_fraction(texts: Sequence[str], n: int) -> np.ndarray:
     """Per text, the fraction of its characters covered by n-grams that occur more than once in it
     (the Gopher / ChineseWebText repetition measure, on characters since Chinese has no spaces)."""
     out = np.zeros(len(texts), dtype=np.float64)
-    for a, b in text_chunks(texts):
+    for a, b in text_chunks(texts, 1 << 16):  # small chunks keep the sort in cache: ~3x faster than 1M
         out[a:b] = _dup_fraction(texts[a:b], n)
     return out
 
@@ -104,10 +105,15 @@ def _dup_fraction(texts: Sequence[str], n: int) -> np.ndarray:
     h, starts, doc = ngram_hashes(cp, offsets, n)
     if len(h) == 0:
         return out
-    # One plain sort of (hash of n-gram and text | start position) packed in 64 bits finds the repeats.
-    bits = max(int(len(cp)).bit_length(), 1)
-    low = _U64((1 << bits) - 1)
-    packed = np.sort(((h ^ mix64(doc.astype(np.uint64))) & ~low) | starts.astype(np.uint64))
+    key = h ^ mix64(doc.astype(np.uint64))
+    # Cheap prefilter: only n-grams whose bucket (of ~4x as many buckets as n-grams) is shared can repeat.
+    bits = max(int(len(key) * 4).bit_length(), 8)
+    bucket = (key >> np.uint64(64 - bits)).astype(np.int64)
+    cand = np.nonzero(np.bincount(bucket, minlength=1 << bits)[bucket] > 1)[0]
+    # One plain sort of (key | start position) packed in 64 bits finds the real repeats among the candidates.
+    pbits = max(int(len(cp)).bit_length(), 1)
+    low = _U64((1 << pbits) - 1)
+    packed = np.sort((key[cand] & ~low) | starts[cand].astype(np.uint64))
     hi = packed & ~low
     same = hi[1:] == hi[:-1]
     dup = np.zeros(len(packed), dtype=bool)

@@ -69,7 +69,8 @@ def expand_inputs(paths: list[str | Path], fmt: str | None = None) -> list[Path]
         if p.is_dir():
             found = []
             for f in sorted(p.rglob("*")):
-                if not f.is_file() or f.name.startswith(".") or f.name in _SKIP_NAMES:
+                hidden = any(part.startswith(".") for part in f.relative_to(p).parts)  # e.g. a run's .parts/ state
+                if hidden or not f.is_file() or f.name in _SKIP_NAMES:
                     continue
                 try:
                     detect_format(f, fmt)

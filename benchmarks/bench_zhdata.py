@@ -1,0 +1,292 @@
+"""Benchmarks of `zhdata clean` and `zhdata dedupe` (issue: zhdata foundation). Four sub-commands:
+
+    python benchmarks/bench_zhdata.py clean   --corpus ../shared/corpus/zh      # MB/s per core vs plain Python
+    python benchmarks/bench_zhdata.py minhash --corpus ../shared/corpus/zh      # MB/s per core vs datasketch
+    python benchmarks/bench_zhdata.py quality --corpus ../shared/corpus/zh      # pair precision/recall
+    python benchmarks/bench_zhdata.py scaling --corpus ../shared/corpus/zh --sizes 100 500 2000 --work /tmp/bz
+
+Per-core figures are measured in one process with POLARS_MAX_THREADS=1, so they are per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zhdata.clean import CleanOptions, clean_frame  # noqa: E402
+from zhdata.minhash import optimal_bands, signatures  # noqa: E402
+from zhdata.lsh import band_keys  # noqa: E402
+from zhdata.normalize import Normalizer, dedupe_key, opencc_convert  # noqa: E402
+from zhdata.ngrams import codepoints, ngram_hashes  # noqa: E402
+from zhdata.readers import expand_inputs, iter_records  # noqa: E402
+
+
+def load_texts(corpus: str, limit_mb: float | None = None) -> list[str]:
+    texts, size = [], 0
+    for f in expand_inputs([corpus]):
+        for _, r in iter_records(f):
+            texts.append(r["text"])
+            size += len(r["text"].encode())
+            if limit_mb and size > limit_mb * 1e6:
+                return texts
+    return texts
+
+
+def mb(texts: list[str]) -> float:
+    return sum(len(t.encode()) for t in texts) / 1e6
+
+
+# --- 1. clean: the same rules, written the plain way (per document, Python re + unicodedata) ----------
+_FW = {c: c - 0xFEE0 for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]}
+_RE = {k: re.compile(v) for k, v in {
+    "ansi": r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|.\x08|\\f[BIRP1-4]|\\s[+-]?[0-9]|\\\([a-z]{2}",
+    "control": r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufff9-\ufffb]",
+    "comment": r"(?s)<!--.*?-->", "tag": r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s+[^<>]*)?/?>",
+    "hspace": r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+", "trail": r"(?m) +$", "lead": r"(?m)^ +",
+    "nl": r"\n{3,}", "han": r"[\u3400-\u4dbf\u4e00-\u9fff\U00020000-\U0003134f\uf900-\ufaff]", "line": r"(?m)^.*\S.*$",
+}.items()}
+
+
+def plain_python_clean(text: str, cc) -> str | None:
+    import html
+    t = unicodedata.normalize("NFC", cc.convert(text))
+    t = _RE["ansi"].sub("", t)
+    t = _RE["control"].sub("", t.replace("\r\n", "\n").replace("\r", "\n"))
+    t = html.unescape(_RE["tag"].sub("", _RE["comment"].sub("", t)))
+    t = t.translate(_FW)
+    t = _RE["nl"].sub("\n\n", _RE["lead"].sub("", _RE["trail"].sub("", _RE["hspace"].sub(" ", t)))).strip()
+    n = len(t)
+    if n < 20 or n > 1_000_000:
+        return None
+    nospace = len(re.sub(r"\s+", "", t)) or 1
+    if len(_RE["han"].findall(t)) / nospace < 0.3:
+        return None
+    if n / max(len(_RE["line"].findall(t)), 1) < 5:
+        return None
+    grams = Counter(t[i:i + 13] for i in range(n - 12))
+    covered = bytearray(n)
+    for i in range(n - 12):
+        if grams[t[i:i + 13]] > 1:
+            covered[i:i + 13] = b"\x01" * 13
+    if sum(covered) / n > 0.5:
+        return None
+    return t
+
+
+def bench_clean(a: argparse.Namespace) -> dict:
+    import opencc
+    texts = load_texts(a.corpus, a.limit_mb)
+    size = mb(texts)
+    opts = CleanOptions()
+    df = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "source": "b"})
+    t = time.perf_counter()
+    for lo in range(0, len(df), 20000):  # batches as a worker sees them
+        clean_frame(df.slice(lo, 20000), opts)
+    ours = time.perf_counter() - t
+    cc = opencc.OpenCC("t2s.json")
+    t = time.perf_counter()
+    kept_plain = sum(plain_python_clean(x, cc) is not None for x in texts)
+    plain = time.perf_counter() - t
+    _, reason, _, _ = clean_frame(df, opts)
+    return {"docs": len(texts), "mb": round(size, 1), "zhdata_mb_s": round(size / ours, 1),
+            "plain_python_mb_s": round(size / plain, 1), "speedup": round(plain / ours, 2),
+            "kept_zhdata": int(reason.is_null().sum()), "kept_plain": kept_plain}
+
+
+# --- 2. MinHash signatures vs datasketch ---------------------------------------------------------
+def bench_minhash(a: argparse.Namespace) -> dict:
+    from datasketch import MinHash
+    texts = dedupe_key(pl.Series(load_texts(a.corpus, a.limit_mb))).to_list()
+    size = mb(texts)
+    t = time.perf_counter()
+    signatures(texts, 128, 5)
+    ours = time.perf_counter() - t
+    sub = texts[: max(1, len(texts) // a.ds_fraction)]  # datasketch is slow: time a share, same documents
+    t = time.perf_counter()
+    for x in sub:
+        m = MinHash(num_perm=128)
+        for i in range(max(len(x) - 4, 1)):
+            m.update(x[i:i + 5].encode("utf-8"))
+    theirs = time.perf_counter() - t
+    ds_rate = mb(sub) / theirs
+    return {"docs": len(texts), "mb": round(size, 1), "zhdata_mb_s": round(size / ours, 1),
+            "datasketch_mb_s": round(ds_rate, 2), "datasketch_docs_timed": len(sub), "speedup": round(size / ours / ds_rate, 1)}
+
+
+# --- 3. near-duplicate quality ------------------------------------------------------------------
+def plant(texts: list[str], rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """Originals plus one variant each: character edits, insertions, truncation or Traditional script."""
+    pool = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可也你能而子那得里自学下过年说"
+    out, kinds = [], []
+    for x in texts:
+        kind = ["edit", "insert", "truncate", "traditional"][int(rng.integers(4))]
+        rate = rng.uniform(0.005, 0.06)
+        if kind == "edit":
+            c = list(x)
+            for i in np.nonzero(rng.random(len(c)) < rate)[0]:
+                c[i] = pool[int(rng.integers(len(pool)))]
+            y = "".join(c)
+        elif kind == "insert":
+            c = list(x)
+            for i in sorted(np.nonzero(rng.random(len(c)) < rate)[0], reverse=True):
+                c.insert(int(i), pool[int(rng.integers(len(pool)))])
+            y = "".join(c)
+        elif kind == "truncate":
+            y = x[: int(len(x) * rng.uniform(0.6, 0.98))]
+        else:
+            y = opencc_convert([x], "s2t")[0]
+        out.append(y)
+        kinds.append(kind)
+    return out, kinds
+
+
+def exact_pairs(keys: list[str], n: int, min_j: float) -> dict[tuple[int, int], float]:
+    """Every pair with exact n-gram Jaccard >= min_j, found through an inverted index of n-grams."""
+    cp, off = codepoints(keys)
+    h, _, doc = ngram_hashes(cp, off, n, whole_short=True)
+    pairs = np.unique(np.stack([h, doc.astype(np.uint64)], 1), axis=0)
+    sets = [np.unique(h[doc == i]) for i in range(len(keys))]
+    order = np.argsort(pairs[:, 0], kind="stable")
+    hs, ds = pairs[order, 0], pairs[order, 1].astype(np.int64)
+    bounds = np.nonzero(np.diff(hs))[0] + 1
+    shared: Counter = Counter()
+    for grp in np.split(ds, bounds):
+        if 1 < len(grp) <= 60:  # a pair above 0.5 shares many n-grams, rare ones among them
+            for i in range(len(grp)):
+                for j in range(i + 1, len(grp)):
+                    shared[(int(grp[i]), int(grp[j]))] += 1
+    out = {}
+    for (i, j), _ in shared.items():
+        inter = len(np.intersect1d(sets[i], sets[j], assume_unique=True))
+        jac = inter / (len(sets[i]) + len(sets[j]) - inter)
+        if jac >= min_j:
+            out[(i, j)] = jac
+    return out
+
+
+def lsh_pairs(sigs: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
+    keys = band_keys(sigs, bands, rows)
+    out = set()
+    for b in range(bands):
+        groups: dict[int, list[int]] = {}
+        for i, k in enumerate(keys[:, b].tolist()):
+            groups.setdefault(k, []).append(i)
+        for g in groups.values():
+            for x in range(len(g)):
+                for y in range(x + 1, len(g)):
+                    out.add((g[x], g[y]))
+    return out
+
+
+def bench_quality(a: argparse.Namespace) -> dict:
+    from datasketch import MinHash, MinHashLSH
+    rng = np.random.default_rng(0)
+    docs = [t for t in load_texts(a.corpus) if 200 <= len(t) <= 3000]
+    docs = [docs[i] for i in rng.choice(len(docs), a.docs, replace=False)]
+    variants, kinds = plant(docs, rng)
+    keys = dedupe_key(pl.Series(Normalizer().apply(pl.Series(docs + variants))[0])).to_list()
+    truth_all = exact_pairs(keys, 5, 0.5)
+    sigs = signatures(keys, 128, 5)
+    ds_sigs = []
+    for k in keys:
+        m = MinHash(num_perm=128)
+        m.update_batch([k[i:i + 5].encode() for i in range(max(len(k) - 4, 1))])
+        ds_sigs.append(m)
+    out = {"documents": len(keys), "planted": Counter(kinds)}
+    for t in (0.7, 0.8, 0.9):
+        truth = {p for p, j in truth_all.items() if j >= t}
+        b, r = optimal_bands(t, 128)
+        cand = lsh_pairs(sigs, b, r)
+        est = {p for p in cand if np.mean(sigs[p[0]] == sigs[p[1]]) >= t}
+        lsh = MinHashLSH(threshold=t, num_perm=128)
+        for i, m in enumerate(ds_sigs):
+            lsh.insert(i, m)
+        ds_cand = {(min(i, j), max(i, j)) for i, m in enumerate(ds_sigs) for j in lsh.query(m) if i != j}
+        row = {"bands_x_rows": f"{b}x{r}", "true_pairs": len(truth)}
+        for name, pred in (("zhdata_lsh", cand), ("zhdata_lsh_plus_estimate", est), ("datasketch_lsh", ds_cand)):
+            tp = len(pred & truth)
+            row[name] = {"precision": round(tp / max(len(pred), 1), 3), "recall": round(tp / max(len(truth), 1), 3)}
+        out[f"threshold_{t}"] = row
+    return out
+
+
+# --- 4. scaling ---------------------------------------------------------------------------------
+def make_corpus(corpus: str, size_mb: int, out: Path, seed: int = 0) -> Path:
+    """New documents of 3-12 random real paragraphs, until `size_mb` of JSONL."""
+    paras = [p for t in load_texts(corpus) for p in t.split("\n") if len(p) >= 10]
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    f = out / f"resampled-{size_mb}mb.jsonl"
+    if f.exists():
+        return f
+    written, i = 0, 0
+    with open(f, "w", encoding="utf-8") as fh:
+        while written < size_mb * 1e6:
+            text = "\n".join(paras[j] for j in rng.integers(0, len(paras), int(rng.integers(3, 13))))
+            line = json.dumps({"id": f"r{i}", "text": text}, ensure_ascii=False) + "\n"
+            fh.write(line)
+            written += len(line.encode())
+            i += 1
+    return f
+
+
+def timed(cmd: list[str]) -> dict:
+    """Wall time and peak RSS (largest single process, from GNU time) of a command."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(p.stderr[-3000:])
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    return {"wall_s": round(time.perf_counter() - t, 1), "peak_rss_mb": round(rss / 1024)}
+
+
+def bench_scaling(a: argparse.Namespace) -> dict:
+    work = Path(a.work)
+    zh = str(Path(sys.executable).parent / "zhdata")
+    out = {}
+    for size in a.sizes:
+        src = make_corpus(a.corpus, size, work / "in")
+        c, d = work / f"clean-{size}", work / f"dedup-{size}"
+        subprocess.run(["rm", "-rf", str(c), str(d)], check=True)
+        rc = timed([zh, "clean", str(src), "-o", str(c), "--workers", str(a.workers), "--no-progress"])
+        rd = timed([zh, "dedupe", str(c), "-o", str(d), "--workers", str(a.workers), "--no-progress"])
+        m = json.loads((d / "manifest.json").read_text())["counts"]
+        out[f"{size}MB"] = {"clean": rc, "dedupe": rd, "docs": m["records_in"], "kept": m["records_out"],
+                            "clean_mb_s": round(size / rc["wall_s"], 1), "dedupe_mb_s": round(size / rd["wall_s"], 1)}
+        print(json.dumps({f"{size}MB": out[f"{size}MB"]}), flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["clean", "minhash", "quality", "scaling"])
+    p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
+    p.add_argument("--limit-mb", type=float, default=None, help="use only the first N MB of the corpus")
+    p.add_argument("--ds-fraction", type=int, default=10, help="time datasketch on 1/N of the documents")
+    p.add_argument("--docs", type=int, default=1500, help="quality: originals (each gets one planted variant)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--work", default="/tmp/bench-zhdata")
+    a = p.parse_args()
+    res = {"clean": bench_clean, "minhash": bench_minhash, "quality": bench_quality, "scaling": bench_scaling}[a.what](a)
+    print(json.dumps(res, ensure_ascii=False, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
