@@ -1,0 +1,1 @@
+"""`zhdata instruct`: instruction data in Alpaca, ShareGPT or OpenAI-messages form into one conversation schema."""

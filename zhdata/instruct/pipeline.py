@@ -1,0 +1,225 @@
+"""`zhdata instruct` stage: read every source, clean, deduplicate globally, write conversation Parquet.
+
+Pass 1 streams each input piece in batches (parse -> clean -> stage shard on disk, hashes and prompt
+signatures to the duplicate finder). The duplicate decision is global. Pass 2 rewrites the stage
+shards without duplicates (splitting turns if asked) into `part-NNNNN.parquet`, in input order.
+Counts are per conversation read: records_in = records_out + dropped; with `--split-turns`,
+`examples_out` says how many training examples the kept conversations became.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..errors import ErrorPolicy, InputError
+from ..manifest import Counts, Manifest
+from ..readers import iter_records, plan_pieces
+from .clean import Cleaner, CleanConfig
+from .dedup import DuplicateFinder
+from .formats import ColumnMap, Conversation, RecordError, detect_record_format, parse_record
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+BASE_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("system", pa.string()),
+                         ("messages", pa.list_(MESSAGE)), ("origin", pa.string())])
+
+
+@dataclass
+class Source:
+    """One named source: its files, format (None: detect per file), column mapping, language."""
+
+    name: str
+    files: list[Path]
+    format: str | None = None
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    english: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # recipe facts (upstream count, licence, url)
+
+
+@dataclass
+class RunConfig:
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    exact_dup: bool = True
+    near_dup: bool = True
+    near_threshold: float = 0.7
+    num_perm: int = 128
+    ngram: int = 3
+    split_turns: bool = False
+    preference: str = "error"
+    on_error: str = "stop"
+    keep: tuple[str, ...] = ()  # input fields kept as metadata columns
+    batch_size: int = 10_000
+
+
+def schema(keep: tuple[str, ...]) -> pa.Schema:
+    return pa.schema(list(BASE_SCHEMA) + [pa.field(k, pa.string()) for k in keep])
+
+
+def run(sources: list[Source], out_dir: Path, cfg: RunConfig, manifest: Manifest, tokenizer=None) -> Manifest:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("part-*.parquet"):
+        old.unlink()
+    work = out_dir / ".instruct-work"
+    shutil.rmtree(work, ignore_errors=True)
+    finder = DuplicateFinder(work / "dedup", cfg.exact_dup, cfg.near_dup, cfg.near_threshold, cfg.num_perm, cfg.ngram)
+    policy = ErrorPolicy(cfg.on_error)
+    cleaner = Cleaner(cfg.clean, tokenizer)
+    manifest.add_inputs([f for s in sources for f in s.files])
+    shard_sources: list[int] = []  # source index of every stage shard
+    row_sources: list[np.ndarray] = []
+    files_info: list[dict] = []
+    with tqdm(desc="instruct: read+clean", unit=" rec", mininterval=1.0) as bar:
+        for si, src in enumerate(sources):
+            counts = manifest.source(src.name)
+            serial = 0
+            for path in src.files:
+                fmt_seen: Counter = Counter()
+                before_in = counts.records_in
+                for batch, n_read, skipped in _batches(path, src, cfg, policy, fmt_seen):
+                    counts.records_in += n_read
+                    counts.dropped.update(skipped)
+                    bar.update(n_read)
+                    kept = cleaner.clean(batch, src.english, counts.dropped, counts.modified)
+                    if not kept:
+                        continue
+                    serial = _write_stage(work, len(shard_sources), src.name, kept, serial, cfg.keep)
+                    finder.add([v.system for v in kept], [v.messages for v in kept])
+                    shard_sources.append(si)
+                    row_sources.append(np.full(len(kept), si, dtype=np.int32))
+                files_info.append({"path": str(path), "source": src.name, "format": dict(fmt_seen),
+                                   "records": counts.records_in - before_in})
+    t_read = time.time()
+    exact, near, roots = finder.decide()
+    t_dedup = time.time()
+    src_of = np.concatenate(row_sources) if row_sources else np.zeros(0, np.int32)
+    between = _count_dups(manifest, sources, src_of, exact, near, roots)
+    examples = _write_output(work, out_dir, sources, shard_sources, ~(exact | near), cfg, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    timings = {"read_clean_s": round(t_read - manifest.started, 2), "dedup_decide_s": round(t_dedup - t_read, 2),
+               "write_s": round(time.time() - t_dedup, 2)}
+    manifest.counts = _total(manifest)
+    manifest.extra["instruct"] = {
+        "files": files_info,
+        "dedup": finder.params(),
+        "near_dup_between_sources": between,
+        "split_turns": cfg.split_turns,
+        "timings": timings,
+        "examples_out": examples,
+        "sources": {s.name: {**s.info, "english": s.english, "format": s.format or "auto",
+                             "examples_out": examples.get(s.name, 0)} for s in sources},
+        "skipped_examples": policy.examples,
+        "empty_files": policy.empty_files,
+    }
+    manifest.write(out_dir)
+    return manifest
+
+
+def _batches(path: Path, src: Source, cfg: RunConfig, policy: ErrorPolicy,
+             fmt_seen: Counter) -> Iterator[tuple[list[Conversation], int, Counter]]:
+    """Parsed conversations of one file in batches, with the number of records read and skipped per reason."""
+    fmt = src.format
+    batch: list[Conversation] = []
+    mark = policy.skipped.copy()
+    for piece in plan_pieces([path]):
+        for where, rec in iter_records(piece, policy=policy):
+            try:
+                rec_fmt = fmt or detect_record_format(rec, src.columns)
+                conv = parse_record(rec, rec_fmt, src.columns, cfg.preference)
+            except RecordError as e:
+                if e.reason == "preference":  # a whole file of pairs: stop even under --on-error skip
+                    raise InputError(path, where, str(e), "use --preference chosen to train on the chosen "
+                                     "responses, or a preference trainer for chosen/rejected pairs") from None
+                policy.bad(path, where, str(e), e.reason)
+                continue
+            fmt = fmt or rec_fmt  # the first readable record fixes the file's format
+            fmt_seen[rec_fmt] += 1
+            conv.meta = {"origin": f"{path.name}:{where}", **{k: _meta(rec.get(k)) for k in cfg.keep}}
+            batch.append(conv)
+            if len(batch) >= cfg.batch_size:
+                skipped = policy.skipped - mark
+                yield batch, len(batch) + sum(skipped.values()), skipped
+                batch, mark = [], policy.skipped.copy()
+    skipped = policy.skipped - mark  # records that failed in the reader (malformed JSON) are counted here too
+    yield batch, len(batch) + sum(skipped.values()), skipped
+
+
+def _meta(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _write_stage(work: Path, shard: int, source: str, convs: list[Conversation], serial: int,
+                 keep: tuple[str, ...]) -> int:
+    rows = []
+    for v in convs:
+        serial += 1
+        rows.append({"id": f"{source}-{serial}", "source": source, "system": v.system,
+                     "messages": [{"role": r, "content": c} for r, c in v.messages], **v.meta})
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema(keep)), work / f"stage-{shard:05d}.parquet")
+    return serial
+
+
+def _count_dups(manifest: Manifest, sources: list[Source], src_of: np.ndarray, exact: np.ndarray,
+                near: np.ndarray, roots: np.ndarray) -> dict[str, int]:
+    """Duplicates counted per source; returns near duplicates whose kept original is in another source."""
+    between: Counter = Counter()
+    for si, src in enumerate(sources):
+        mine = src_of == si
+        c = manifest.source(src.name)
+        if n := int((exact & mine).sum()):
+            c.dropped["exact_dup"] += n
+        if n := int((near & mine).sum()):
+            c.dropped["near_dup_prompt"] += n
+            for other, k in zip(*np.unique(src_of[roots[near & mine]], return_counts=True)):
+                if other != si:
+                    between[f"{src.name} <- {sources[other].name}"] += int(k)
+    return dict(sorted(between.items()))
+
+
+def _write_output(work: Path, out_dir: Path, sources: list[Source], shard_sources: list[int], keep_mask: np.ndarray,
+                  cfg: RunConfig, manifest: Manifest) -> dict[str, int]:
+    examples: Counter = Counter()
+    offset, part = 0, 0
+    for shard, si in enumerate(tqdm(shard_sources, desc="instruct: write", unit=" shard", mininterval=1.0)):
+        table = pq.read_table(work / f"stage-{shard:05d}.parquet")
+        mask = keep_mask[offset:offset + table.num_rows]
+        offset += table.num_rows
+        table = table.filter(pa.array(mask, type=pa.bool_()))
+        manifest.source(sources[si].name).records_out += table.num_rows
+        if cfg.split_turns:
+            table = split_turns(table)
+        examples[sources[si].name] += table.num_rows
+        if table.num_rows:
+            pq.write_table(table, out_dir / f"part-{part:05d}.parquet")
+            part += 1
+    return dict(examples)
+
+
+def split_turns(table: pa.Table) -> pa.Table:
+    """Each assistant turn its own example, with the turns before it as history (ids get `-t<k>`)."""
+    rows = []
+    for row in table.to_pylist():
+        k = 0
+        for j, m in enumerate(row["messages"]):
+            if m["role"] == "assistant":
+                k += 1
+                rows.append({**row, "id": f"{row['id']}-t{k}", "messages": row["messages"][: j + 1]})
+    return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+def _total(manifest: Manifest) -> Counts:
+    total = Counts()
+    for c in manifest.sources.values():
+        total.merge(c)
+    return total
