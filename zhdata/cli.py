@@ -9,7 +9,7 @@ from importlib import import_module
 from .errors import InputError
 
 # Each module has `add_parser(subparsers)` that registers its sub-command and sets `func(args) -> int`.
-COMMANDS = ["zhdata.clean", "zhdata.dedupe", "zhdata.instruct.cli"]
+COMMANDS = ["zhdata.clean", "zhdata.dedupe", "zhdata.pack.cli", "zhdata.instruct.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,255 @@
+"""`zhdata pack` stage: stream inputs through a mode's encoder into split files, resumably, then cut blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import ErrorPolicy, InputError
+from ..manifest import MANIFEST, Counts, Manifest
+from ..readers import expand_inputs, iter_records, plan_pieces
+from .bfd import best_fit_decreasing
+from .pretrain import PretrainEncoder
+from .sft import SftEncoder
+from .store import INDEX_DTYPE, SPLITS, SplitWriter, open_array, split_file, token_dtype, write_blocks
+from .tokfolder import TokenizerFolder, load_tokenizer_folder
+
+PROGRESS = "progress.json"
+LAYOUT_VERSION = 1
+
+
+@dataclass
+class PackOptions:
+    mode: str  # "pt" | "sft"
+    block_size: int = 1024
+    val_fraction: float = 0.01
+    bos: bool | None = None  # pt: None = as the tokenizer's add_bos_token says
+    packing: str = "bfd"  # sft: "none" | "bfd"
+    overlong: str = "truncate"  # sft: "truncate" | "drop"
+    max_context: int | None = None
+    batch_docs: int = 2048
+    batch_chars: int = 4_000_000
+    on_error: str = "stop"
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _check_options(tok: TokenizerFolder, o: PackOptions) -> None:
+    for name, value, allowed in (("mode", o.mode, ("pt", "sft")), ("packing", o.packing, ("none", "bfd")),
+                                 ("overlong", o.overlong, ("truncate", "drop"))):
+        if value not in allowed:
+            raise ValueError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if o.block_size < 2:
+        raise InputError(tok.path, None, f"block size {o.block_size} is too small")
+    limit, what = (o.max_context, "--max-context") if o.max_context else (tok.max_length, "the tokenizer's model_max_length")
+    if limit and o.block_size > limit:
+        raise InputError(tok.path, None, f"block size {o.block_size} is larger than the model's context of {limit} tokens ({what})",
+                         "lower --block-size, or raise --max-context if the model really takes longer sequences")
+    if not 0 <= o.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), not {o.val_fraction}")
+
+
+def _params(tok: TokenizerFolder, o: PackOptions, pieces: list) -> dict[str, Any]:
+    p = {"mode": o.mode, "block_size": o.block_size, "val_fraction": o.val_fraction, "tokenizer_sha256": tok.sha256,
+         "inputs": [f"{x.path}#{x.part}" for x in pieces]}
+    if o.mode == "pt":
+        p["bos"] = o.bos
+    else:
+        p.update(packing=o.packing, overlong=o.overlong)
+    return p
+
+
+def _prepare_out(out: Path, params: dict, overwrite: bool) -> dict | None:
+    """Saved progress to resume from (None: start afresh); refuses to mix runs with different settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    ours = [p for p in out.iterdir() if p.suffix == ".bin" or p.name in (PROGRESS, MANIFEST)]
+    if overwrite:
+        for p in ours:
+            p.unlink()
+        return None
+    if (out / MANIFEST).exists():
+        raise InputError(out, None, "already holds a finished pack", "use --overwrite to pack again, or another output folder")
+    prog = out / PROGRESS
+    if not prog.exists():
+        if ours:
+            raise InputError(out, None, "holds packed files but no progress.json", "use --overwrite or another output folder")
+        return None
+    state = json.loads(prog.read_text(encoding="utf-8"))
+    if state["params"] != params:
+        diff = sorted(k for k in params if state["params"].get(k) != params[k])
+        raise InputError(out, None, f"holds an unfinished pack made with other settings ({', '.join(diff)} differ, "
+                         "e.g. a mismatched tokenizer)", "use --overwrite to start again, or rerun with the same settings")
+    return state
+
+
+def _save_progress(out: Path, state: dict) -> None:
+    tmp = out / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, out / PROGRESS)
+
+
+def _batches(piece, policy: ErrorPolicy, o: PackOptions):
+    batch, chars = [], 0
+    for where, rec in iter_records(piece, policy=policy):
+        batch.append((where, rec))
+        text = rec.get("text") if isinstance(rec, dict) else None
+        chars += len(text) if isinstance(text, str) else 256
+        if len(batch) >= o.batch_docs or chars >= o.batch_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _gather(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arr[s:s+n] for each (s, n)."""
+    total = int(lengths.sum())
+    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return arr[offsets + np.arange(total)]
+
+
+def _finish_split(out: Path, split: str, o: PackOptions, dtype: np.dtype) -> dict[str, Any]:
+    """Write the block index (SFT: order examples into blocks first) and return the split's figures."""
+    B = o.block_size
+    if o.mode == "sft":
+        stage = {k: split_file(out, split, "stage." + k) for k in ("tokens", "docs", "labels")}
+        if o.packing == "none":  # already one example per block: link the staged files (stage removed at the end)
+            for k, p in stage.items():
+                split_file(out, split, k).unlink(missing_ok=True)
+                os.link(p, split_file(out, split, k))
+        else:
+            _pack_bfd(out, split, stage, dtype, B)
+    tokens = split_file(out, split, "tokens").stat().st_size // dtype.itemsize
+    docs = open_array(split_file(out, split, "docs"), INDEX_DTYPE)
+    if o.mode == "pt":
+        bounds = np.append(np.arange(0, tokens, B, dtype=INDEX_DTYPE), tokens)
+    elif o.packing == "none":
+        bounds = np.append(np.asarray(docs), tokens)
+    else:
+        bounds = np.fromfile(split_file(out, split, "blocks"), dtype=INDEX_DTYPE)
+    if o.mode == "pt" or o.packing == "none":
+        write_blocks(out, split, bounds)
+    blocks = len(bounds) - 1
+    slots = blocks * B
+    info = {"documents": int(len(docs)), "tokens": int(tokens), "blocks": blocks, "padding_tokens": int(slots - tokens),
+            "efficiency": round(tokens / slots, 4) if slots else None}
+    if o.mode == "sft":
+        info["loss_tokens"] = int(np.asarray(open_array(split_file(out, split, "labels"), np.uint8), dtype=np.int64).sum())
+    return info
+
+
+def _pack_bfd(out: Path, split: str, stage: dict[str, Path], dtype: np.dtype, B: int, chunk: int = 1 << 22) -> None:
+    """Reorder staged examples into best-fit-decreasing blocks, chunk by chunk (memory: the index, not the tokens)."""
+    tokens, labels = open_array(stage["tokens"], dtype), open_array(stage["labels"], np.uint8)
+    starts = np.fromfile(stage["docs"], dtype=INDEX_DTYPE)
+    lengths = np.diff(np.append(starts, len(tokens)))
+    bins = best_fit_decreasing(lengths, B)
+    order = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=len(lengths))
+    new_len = lengths[order]
+    np.concatenate(([0], np.cumsum(new_len)[:-1])).astype(INDEX_DTYPE).tofile(split_file(out, split, "docs"))
+    block_tokens = np.fromiter((int(lengths[b].sum()) for b in bins), dtype=np.int64, count=len(bins))
+    np.concatenate(([0], np.cumsum(block_tokens))).astype(INDEX_DTYPE).tofile(split_file(out, split, "blocks"))
+    cum = np.cumsum(new_len)
+    with open(split_file(out, split, "tokens"), "wb") as ft, open(split_file(out, split, "labels"), "wb") as fl:
+        i = 0
+        while i < len(order):
+            j = max(int(np.searchsorted(cum, (cum[i - 1] if i else 0) + chunk, side="right")), i + 1)
+            idx = order[i:j]
+            ft.write(_gather(tokens, starts[idx], lengths[idx]).astype(dtype).tobytes())
+            fl.write(_gather(labels, starts[idx], lengths[idx]).tobytes())
+            i = j
+    del tokens, labels
+
+
+def _stream(pieces: list, encoder, writers: dict[str, SplitWriter], state: dict, out: Path, o: PackOptions,
+            policy: ErrorPolicy, counts: Counts, stats: Counter) -> None:
+    """Encode every unfinished piece into the split writers; after each piece, sync and record progress."""
+    done = set(state["done"])
+    bar = tqdm(total=len(pieces), initial=len(done), unit="piece", disable=not o.progress, desc=f"pack {o.mode}")
+    try:
+        for piece in pieces:
+            key = f"{piece.path}#{piece.part}"
+            if key in done:
+                continue
+            for batch in _batches(piece, policy, o):
+                for split, (ids, lengths, mask) in encoder.encode(batch, piece.path, policy, counts, stats).items():
+                    writers[split].append(ids, lengths, mask)
+                bar.set_postfix(tokens=f"{sum(w.n_tokens for w in writers.values()):,}", refresh=False)
+            counts.records_in += sum(policy.skipped.values())  # records the policy skipped are read and dropped
+            counts.dropped.update(policy.skipped)
+            policy.skipped.clear()
+            for w in writers.values():
+                w.sync()
+            state["done"].append(key)
+            state.update(sizes={s: w.sizes() for s, w in writers.items()}, counts=counts.to_dict(), stats=dict(stats))
+            _save_progress(out, state)
+            bar.update(1)
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.close()
+
+
+def _summary(tok: TokenizerFolder, o: PackOptions, dtype: np.dtype, splits: dict, counts: Counts, stats: Counter) -> dict:
+    """manifest.extra["pack"]: layout, token and block counts, padding, truncation, tokens per character."""
+    total = sum(v["tokens"] for v in splits.values())
+    blocks = sum(v["blocks"] for v in splits.values())
+    info = {
+        "mode": o.mode, "block_size": o.block_size, "layout_version": LAYOUT_VERSION, "dtype": dtype.name,
+        "val_fraction": o.val_fraction, "tokens": total, "blocks": blocks, "padding_tokens": blocks * o.block_size - total,
+        "efficiency": round(total / (blocks * o.block_size), 4), "chars": stats["chars"], "text_tokens": stats["text_tokens"],
+        "tokens_per_char": round(stats["text_tokens"] / stats["chars"], 4) if stats["chars"] else None,
+        "truncated": counts.modified.get("truncated", 0), "splits": splits,
+    }
+    if o.mode == "pt":
+        info.update(bos=o.bos, bos_id=tok.token_id("bos_token"), eos_id=tok.token_id("eos_token"))
+    else:
+        info.update(packing=o.packing, overlong=o.overlong, loss_tokens=stats["loss_tokens"])
+    return info
+
+
+def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: PackOptions) -> Manifest:
+    """Pack `inputs` with the tokenizer folder into `out` (resuming an interrupted run); returns the manifest."""
+    tok = load_tokenizer_folder(tokenizer)
+    _check_options(tok, o)
+    if o.mode == "pt" and o.bos is None:
+        o.bos = bool(tok.config.get("add_bos_token", False)) and tok.token_id("bos_token") is not None
+    files = expand_inputs(inputs)
+    pieces = plan_pieces(files)
+    out = Path(out)
+    params = _params(tok, o, pieces)
+    state = _prepare_out(out, params, o.overwrite) or {"params": params, "done": [], "sizes": None, "counts": None, "stats": {}}
+    try:
+        encoder = PretrainEncoder(tok, o.val_fraction, o.bos) if o.mode == "pt" else SftEncoder(tok, o.val_fraction, o.block_size, o.overlong)
+    except ValueError as e:
+        raise InputError(tok.path, None, str(e)) from None
+    dtype = token_dtype(tok.vocab_size)
+    writers = {s: SplitWriter(out, s, dtype, encoder.with_mask, "stage." if o.mode == "sft" else "") for s in SPLITS}
+    if state["sizes"]:
+        for s in SPLITS:
+            writers[s].truncate(state["sizes"][s])
+    counts = Counts.from_dict(state["counts"]) if state["counts"] else Counts()
+    stats: Counter = Counter(state["stats"])
+    policy = ErrorPolicy(o.on_error)
+    m = Manifest(f"zhdata pack --mode {o.mode}", {**params, "inputs": [str(f) for f in files]})
+    m.add_inputs(files)
+    _stream(pieces, encoder, writers, state, out, o, policy, counts, stats)
+    if counts.records_out == 0:
+        raise InputError(inputs[0], None, f"no {'document' if o.mode == 'pt' else 'conversation'} could be packed "
+                         f"(read {counts.records_in}, dropped {dict(counts.dropped)})")
+    splits = {s: _finish_split(out, s, o, dtype) for s in SPLITS}
+    m.counts = counts
+    m.warnings += policy.examples + [f"empty file: {f}" for f in policy.empty_files]
+    m.extra["tokenizer"] = tok.describe()
+    m.extra["pack"] = _summary(tok, o, dtype, splits, counts, stats)
+    m.write(out)
+    for p in [out / PROGRESS, *out.glob("*.stage.*.bin")]:  # kept until now so that a crash while finishing can resume
+        p.unlink()
+    return m
