@@ -9,7 +9,7 @@ from importlib import import_module
 from zhdata.errors import InputError
 
 # Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["train.run", "train.merge"]
 
 
 def build_parser() -> argparse.ArgumentParser:

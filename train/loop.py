@@ -1,0 +1,312 @@
+"""The training loop of `train run`: setup, AdamW + cosine schedule, accumulation, checkpoints, exact resume,
+JSONL logs, DDP under torchrun.
+
+A short explicit loop instead of transformers' `Trainer`: the router loss must be logged apart from the LM
+loss, resume must restore the data position and every RNG, and our own expert modules need no special casing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+from zhdata.errors import InputError
+from zhdata.manifest import Manifest, file_sha256
+from zhdata.pack import collate_packed
+
+from .config import RunConfig, to_toml
+from .data import batch_indices, check_dataset, micro_batches_per_epoch, model_inputs, open_packed
+from .model import (TOKENIZER_DIR, SetupError, attach_adapters, compute_dtype, format_summary, is_moe, load_quantized,
+                    pick_device, save_adapter, verify_setup)
+
+LOG_FILE, CKPT_DIR = "log.jsonl", "checkpoints"
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when started by torchrun / accelerate."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    if cfg.optimizer == "paged_adamw_8bit":
+        if device.type != "cuda":
+            raise InputError("optimizer", None, "paged_adamw_8bit needs a CUDA GPU", hint="use --optimizer adamw on CPU")
+        import bitsandbytes as bnb
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world: int, keep: int) -> None:
+    ck = out / CKPT_DIR / f"step-{state['step']:07d}"
+    ck.mkdir(parents=True, exist_ok=True)
+    torch.save(_rng_state(), ck / f"rng-{rank}.pt")
+    if rank == 0:
+        torch.save({n: p.detach().cpu() for n, p in _trainable(model).items()}, ck / "trainable.pt")
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, ck / "optimizer.pt")
+        (ck / "state.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
+        for old in sorted((out / CKPT_DIR).glob("step-*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    if world > 1:
+        dist.barrier()
+
+
+def find_checkpoint(cfg: RunConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        ck = Path(cfg.resume)
+        if not (ck / "state.json").exists():
+            raise InputError(ck, None, "not a checkpoint folder (no state.json)")
+        return ck
+    done = sorted(p.parent for p in (Path(cfg.output_dir) / CKPT_DIR).glob("step-*/state.json"))
+    return done[-1] if done else None
+
+
+def load_checkpoint(ck: Path, model, opt, sched, rank: int) -> dict:
+    params = _trainable(model)
+    saved = torch.load(ck / "trainable.pt", map_location="cpu")
+    if set(saved) != set(params):
+        raise InputError(ck, "trainable.pt", "checkpoint does not match this run's adapters",
+                         hint="resume with the same model, vocab and LoRA settings")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+    o = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=False)
+    opt.load_state_dict(o["optimizer"])
+    sched.load_state_dict(o["scheduler"])
+    rng = ck / f"rng-{rank}.pt"
+    if rng.exists():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return json.loads((ck / "state.json").read_text(encoding="utf-8"))
+
+
+def _keep_log_until(log: Path, step: int) -> None:
+    """On resume: drop log lines of steps after the checkpoint (they will be trained again)."""
+    if log.exists():
+        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        log.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if (src / f).exists():
+            shutil.copy2(src / f, dst / f)
+
+
+def _n_tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def _n_chars(tokenizer, batch: dict) -> int:
+    """Characters of text in the batch: the fair speed unit when tokenizers differ."""
+    return sum(len(t) for t in tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True))
+
+
+def train(cfg: RunConfig, progress: bool = True) -> dict:
+    """Run `cfg` (rank 0 writes the output folder); returns the manifest as a dict."""
+    rank, world, local_rank = init_distributed()
+    device = pick_device(cfg.device, local_rank)
+    dtype = compute_dtype(device, cfg.precision)
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    tok_dir = Path(cfg.tokenizer or cfg.model)
+    manifest = Manifest("train run", asdict(cfg))
+    ds = open_packed(cfg.data, "train")
+    tok_sha = check_dataset(ds, cfg.data, tok_dir, cfg.stage)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = lambda idx: collate_packed([ds[i] for i in idx], pad_id=pad_id)  # noqa: E731
+
+    model = load_quantized(cfg.model, device, dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                           lora_dropout=cfg.lora_dropout, expert_lora=cfg.expert_lora, router_lora=cfg.router_lora,
+                           blocksize=cfg.quant_blocksize, progress=progress and rank == 0)
+    new_ids: list[int] = []
+    if cfg.vocab == "ext":
+        from tokenizer.embeddings import resize_and_init
+
+        resized = resize_and_init(model, cfg.base_tokenizer or cfg.model, tok_dir, init=cfg.embed_init)
+        new_ids = list(range(resized["base_vocab"], resized["new_vocab"]))
+        manifest.extra["resize"] = resized
+        for p in model.parameters():  # new rows are created in the default dtype/device
+            if p.device != device:
+                p.data = p.data.to(device)
+    moe = is_moe(model)
+    if not moe and (cfg.expert_lora or cfg.router_lora):
+        manifest.warnings.append("dense model (no MoE layers): the 'experts'/'router' LoRA targets do not apply")
+    coef = cfg.router_aux_loss_coef if moe else 0.0
+    model.config.output_router_logits = coef > 0  # the loop adds coef * aux itself (and logs it apart)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pm = attach_adapters(model, cfg, new_ids)
+    summary = verify_setup(pm, cfg, len(new_ids))
+    if rank == 0:
+        print(format_summary(summary), flush=True)
+    if summary["problems"]:
+        raise SetupError("refusing to train: " + "; ".join(summary["problems"]))
+    pm.train()
+
+    params = list(_trainable(pm).values())
+    opt = make_optimizer(cfg, params, device)
+    per_epoch = micro_batches_per_epoch(len(ds), cfg.micro_batch_size, world)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0}
+    ck = find_checkpoint(cfg)
+    if ck is not None:
+        state = load_checkpoint(ck, pm, opt, sched, rank)
+    net = pm
+    if world > 1:
+        net = DistributedDataParallel(pm, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and dtype == torch.bfloat16
+                else nullcontext())
+    log = out / LOG_FILE
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.toml").write_text(to_toml(cfg), encoding="utf-8")
+        _keep_log_until(log, state["step"])
+    batches = batch_indices(len(ds), cfg.micro_batch_size, world, rank, cfg.seed, start=state["step"] * cfg.grad_accum)
+    last_step = total if cfg.stop_after <= 0 else min(total, state["step"] + cfg.stop_after)
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {cfg.stage}/{cfg.vocab}", unit="step",
+               disable=not progress or rank != 0)
+    record: dict = {}
+    loss_fn = pm.get_base_model().loss_function
+    while state["step"] < last_step:
+        t0 = time.perf_counter()
+        micro_batches = [collate(next(batches)) for _ in range(cfg.grad_accum)]
+        # Token-weighted mean over the whole optimizer step (all micro-batches, all ranks), as one big batch.
+        counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches),
+                               sum(_n_tokens(b) for b in micro_batches),
+                               sum(_n_chars(tokenizer, b) for b in micro_batches)], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(counts)
+        n_items = max(1, int(counts[0]))
+        sums = torch.zeros(2, dtype=torch.float64)  # this rank's share of the LM loss; its mean aux loss
+        for micro, batch in enumerate(micro_batches):
+            inputs = model_inputs(batch, device)
+            labels = inputs.pop("labels")
+            sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else net.no_sync()
+            with sync:
+                with autocast:
+                    o = net(**inputs)
+                lm = loss_fn(o.logits, labels, vocab_size=o.logits.shape[-1], num_items_in_batch=n_items)
+                aux = o.aux_loss / cfg.grad_accum if coef > 0 else torch.zeros((), device=device)
+                # DDP averages gradients over ranks: scale the LM share back up to the global token mean.
+                (lm * world + coef * aux).backward()
+            sums += torch.tensor([lm.item(), float(aux.detach())], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(sums)
+            sums[1] /= world
+        tokens, chars = int(counts[1]), int(counts[2])
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        state["step"] += 1
+        state["tokens"] += tokens
+        state["chars"] += chars
+        state["train_s"] += dt
+        record = {"step": state["step"], "lm_loss": float(sums[0]), "aux_loss": float(sums[1]), "lr": lr,
+                  "grad_norm": float(norm), "tokens": state["tokens"], "tokens_per_s": tokens / dt,
+                  "chars_per_s": chars / dt}
+        if rank == 0 and (state["step"] % cfg.log_every == 0 or state["step"] == last_step):
+            with log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{record['lm_loss']:.3f}", aux=f"{record['aux_loss']:.3f}", lr=f"{lr:.2e}",
+                        tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.update(1)
+        if state["step"] == last_step or (cfg.save_every > 0 and state["step"] % cfg.save_every == 0):
+            save_checkpoint(out, pm, opt, sched, state, rank, world, cfg.keep_checkpoints)
+    bar.close()
+
+    finished = state["step"] >= total
+    val = _val_loss(cfg, pm, pad_id, device, autocast) if finished and rank == 0 else None
+    result = {"steps": state["step"], "total_steps": total, "finished": finished, "tokens": state["tokens"],
+              "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val}
+    data_manifest = Path(cfg.data) / "manifest.json"
+    manifest.extra.update({"tokenizer": {"sha256": tok_sha, "path": str(tok_dir.resolve())},
+                           "data": {"path": str(Path(cfg.data).resolve()), "sequences": len(ds),
+                                    "manifest_sha256": file_sha256(data_manifest) if data_manifest.exists() else None},
+                           "setup": summary, "train": result, "world_size": world, "device": str(device),
+                           "compute_dtype": str(dtype).removeprefix("torch.")})
+    if rank == 0:
+        _copy_tokenizer(tok_dir, out / TOKENIZER_DIR)
+        if finished:
+            save_adapter(pm, out, cfg, pm.get_base_model().get_input_embeddings().weight.shape[0])
+        manifest.add_inputs([p for p in (data_manifest, tok_dir / "tokenizer.json", Path(cfg.model) / "config.json")
+                             if p.exists()])
+        seqs = state["step"] * cfg.grad_accum * cfg.micro_batch_size * world
+        manifest.counts.records_in = manifest.counts.records_out = seqs
+        manifest.write(out)
+    if world > 1:
+        dist.barrier()
+    return manifest.to_dict()
+
+
+@torch.no_grad()
+def _val_loss(cfg: RunConfig, model, pad_id: int, device, autocast) -> float | None:
+    """Mean LM loss over the first `max_val_batches` micro-batches of the val split, if there is one."""
+    if cfg.max_val_batches <= 0:
+        return None
+    try:
+        ds = open_packed(cfg.data, "val")
+    except InputError:  # no val split
+        return None
+    if len(ds) == 0:
+        return None
+    model.eval()
+    losses = []
+    for start in range(0, min(len(ds), cfg.max_val_batches * cfg.micro_batch_size), cfg.micro_batch_size):
+        batch = collate_packed([ds[i] for i in range(start, min(len(ds), start + cfg.micro_batch_size))], pad_id=pad_id)
+        with autocast:
+            o = model(**model_inputs(batch, device), output_router_logits=False)
+        losses.append(float(o.loss))
+    model.train()
+    return sum(losses) / len(losses)

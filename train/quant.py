@@ -1,0 +1,292 @@
+"""NF4 quantisation of every large weight (Mixtral experts included) and LoRA on experts and router.
+
+transformers 5 stores Mixtral's experts as fused 3-D parameters that bitsandbytes' 4-bit loading does not
+touch, and peft's `target_parameters` LoRA silently loses adapters once those parameters are quantized
+(see NOTES.md). So the MoE block gets modules of our own:
+
+- `NF4LoraExperts` replaces `MixtralExperts`: one bitsandbytes `Linear4bit` (NF4, double quantisation) per
+  expert matrix, plus per-expert LoRA factors `gate_up_A (E, r, H)`, `gate_up_B (E, 2I, r)`,
+  `down_A (E, r, I)`, `down_B (E, H, r)`; routing and expert math are transformers' eager path.
+- `LoraRouter` replaces `MixtralTopKRouter` (it subclasses it, so transformers still records its logits for
+  the load-balancing loss): frozen router weight plus `adapter_A (r, H)`, `adapter_B (E, r)`.
+
+Attention (and a dense model's MLP) `nn.Linear` layers become `Linear4bit`; peft puts LoRA on them.
+`quantize_layers` does all this one decoder layer at a time, moving each layer to the device only once it
+is 4-bit, so the 16-bit experts are never all on the GPU together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+
+import bitsandbytes as bnb
+import torch
+from bitsandbytes.functional import dequantize_4bit
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+from transformers.models.mixtral.modeling_mixtral import MixtralExperts, MixtralTopKRouter
+
+# Names of the LoRA parameters that live in our own modules (peft's own contain "lora_").
+MOE_ADAPTER_NAMES = ("gate_up_A", "gate_up_B", "down_A", "down_B", "adapter_A", "adapter_B")
+
+
+def to_linear4bit(weight: torch.Tensor, device: torch.device, compute_dtype: torch.dtype, blocksize: int = 64) -> bnb.nn.Linear4bit:
+    """A frozen NF4 (double-quantized) `Linear4bit` holding `weight (out, in)`, quantized on `device`."""
+    out_f, in_f = weight.shape
+    lin = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=compute_dtype, compress_statistics=True,
+                            quant_type="nf4", device="meta")
+    lin.weight = bnb.nn.Params4bit(weight.detach().contiguous(), requires_grad=False, quant_type="nf4",
+                                   compress_statistics=True, blocksize=blocksize)
+    # bitsandbytes' CPU inference path repacks the weight in place with bf16 scales (lossy, and dequantize_4bit
+    # no longer reads it): keep one NF4 layout so eval logits, training and `train merge` agree.
+    lin.support_avx512bf16_for_cpu = False
+    return lin.to(device)
+
+
+def dequantized(lin: nn.Module) -> torch.Tensor:
+    """The float weight of a `Linear4bit` (or a plain `nn.Linear`)."""
+    w = lin.weight
+    if isinstance(w, bnb.nn.Params4bit):
+        return dequantize_4bit(w.data, w.quant_state).to(lin.compute_dtype or torch.float32)
+    return w.data
+
+
+def _init_lora_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    """peft's default: A ~ kaiming-uniform(a=sqrt(5)) per matrix, B = 0 (the adapter starts as a no-op)."""
+    for m in a.view(-1, *a.shape[-2:]):
+        nn.init.kaiming_uniform_(m, a=math.sqrt(5))
+    nn.init.zeros_(b)
+
+
+class LoraFactors(nn.Module):
+    """Shared pieces of our LoRA modules: rank, scaling, dropout and adapter dtype (fp32, like peft)."""
+
+    def _setup_lora(self, r: int, alpha: float, dropout: float) -> None:
+        self.r, self.lora_alpha = r, alpha
+        self.scaling = alpha / r if r else 0.0
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def _lora(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = self.lora_dropout(x).to(a.dtype)
+        return (F.linear(F.linear(h, a), b) * self.scaling).to(x.dtype)
+
+
+class NF4LoraExperts(LoraFactors):
+    """`MixtralExperts` with NF4 expert weights and optional per-expert LoRA on gate_up (w1, w3) and down (w2)."""
+
+    def __init__(self, experts: MixtralExperts, device: torch.device, compute_dtype: torch.dtype,
+                 r: int = 0, alpha: float = 0.0, dropout: float = 0.0, blocksize: int = 64):
+        super().__init__()
+        self.num_experts, self.hidden_dim, self.intermediate_dim = (
+            experts.num_experts, experts.hidden_dim, experts.intermediate_dim)
+        self.act_fn = experts.act_fn
+        self.gate_up = nn.ModuleList(to_linear4bit(w, device, compute_dtype, blocksize) for w in experts.gate_up_proj)
+        self.down = nn.ModuleList(to_linear4bit(w, device, compute_dtype, blocksize) for w in experts.down_proj)
+        self._setup_lora(r, alpha, dropout)
+        if r:
+            e, h, i = self.num_experts, self.hidden_dim, self.intermediate_dim
+            make = lambda *shape: nn.Parameter(torch.empty(*shape, device=device, dtype=torch.float32))  # noqa: E731
+            self.gate_up_A, self.gate_up_B = make(e, r, h), make(e, 2 * i, r)
+            self.down_A, self.down_B = make(e, r, i), make(e, h, r)
+            _init_lora_pair(self.gate_up_A, self.gate_up_B)
+            _init_lora_pair(self.down_A, self.down_B)
+
+    def _proj(self, x: torch.Tensor, e: int, base: nn.ModuleList, name: str) -> torch.Tensor:
+        y = base[e](x)
+        if self.r:
+            y = y + self._lora(x, getattr(self, f"{name}_A")[e], getattr(self, f"{name}_B")[e])
+        return y
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        # Same routing arithmetic as transformers' eager `MixtralExperts.forward`.
+        final_hidden_states = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)
+            expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            e = int(expert_idx[0])
+            if e == self.num_experts:
+                continue
+            top_k_pos, token_idx = torch.where(expert_mask[e])
+            current = hidden_states[token_idx]
+            gate, up = self._proj(current, e, self.gate_up, "gate_up").chunk(2, dim=-1)
+            current = self._proj(self.act_fn(gate) * up, e, self.down, "down")
+            current = current * top_k_weights[token_idx, top_k_pos, None]
+            final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
+        return final_hidden_states
+
+    @torch.no_grad()
+    def merged(self, config) -> MixtralExperts:
+        """A plain `MixtralExperts` whose weights are dequantized NF4 plus the LoRA update."""
+        out = MixtralExperts(config)
+        gate_up = torch.stack([dequantized(m) for m in self.gate_up]).float()
+        down = torch.stack([dequantized(m) for m in self.down]).float()
+        if self.r:
+            gate_up += torch.bmm(self.gate_up_B, self.gate_up_A) * self.scaling
+            down += torch.bmm(self.down_B, self.down_A) * self.scaling
+        out.gate_up_proj = nn.Parameter(gate_up)
+        out.down_proj = nn.Parameter(down)
+        return out
+
+
+class LoraRouter(MixtralTopKRouter, LoraFactors):
+    """Mixtral's top-k router with a frozen weight and a LoRA update of its logits."""
+
+    def __init__(self, router: MixtralTopKRouter, r: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)
+        self.top_k, self.num_experts, self.hidden_dim = router.top_k, router.num_experts, router.hidden_dim
+        self.weight = nn.Parameter(router.weight.data, requires_grad=False)
+        self._setup_lora(r, alpha, dropout)
+        dev = router.weight.device
+        self.adapter_A = nn.Parameter(torch.empty(r, self.hidden_dim, device=dev, dtype=torch.float32))
+        self.adapter_B = nn.Parameter(torch.empty(self.num_experts, r, device=dev, dtype=torch.float32))
+        _init_lora_pair(self.adapter_A, self.adapter_B)
+
+    def forward(self, hidden_states: torch.Tensor):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states, self.weight) + self._lora(hidden_states, self.adapter_A, self.adapter_B)
+        router_probs = F.softmax(router_logits.float(), dim=-1)
+        router_top_value, router_indices = torch.topk(router_probs, self.top_k, dim=-1)
+        router_top_value /= router_top_value.sum(dim=-1, keepdim=True)
+        return router_logits, router_top_value, router_indices
+
+    @torch.no_grad()
+    def merged(self, config) -> MixtralTopKRouter:
+        out = MixtralTopKRouter(config)
+        out.weight = nn.Parameter(self.weight.float() + self.adapter_B @ self.adapter_A * self.scaling)
+        return out
+
+
+def _set_child(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def quantize_layer(layer: nn.Module, device: torch.device, compute_dtype: torch.dtype, *, lora_r: int,
+                   lora_alpha: float, lora_dropout: float, expert_lora: bool, router_lora: bool,
+                   blocksize: int = 64) -> None:
+    """One decoder layer: `nn.Linear` → NF4 `Linear4bit`, `MixtralExperts` → `NF4LoraExperts`, router →
+    `LoraRouter` (when asked), all on `device`; its other parameters (norms) moved there too."""
+    for name, mod in list(layer.named_modules()):
+        if isinstance(mod, MixtralExperts):
+            new = NF4LoraExperts(mod, device, compute_dtype, lora_r if expert_lora else 0, lora_alpha,
+                                 lora_dropout, blocksize)
+        elif isinstance(mod, MixtralTopKRouter) and not isinstance(mod, LoraRouter):
+            mod.to(device=device, dtype=torch.float32)
+            if not router_lora:
+                mod.weight.requires_grad_(False)
+                continue
+            new = LoraRouter(mod, lora_r, lora_alpha, lora_dropout)
+        elif type(mod) is nn.Linear:
+            new = to_linear4bit(mod.weight.data, device, compute_dtype, blocksize)
+        else:
+            continue
+        _set_child(layer, name, new)
+        del mod
+    for p in layer.parameters():
+        if not isinstance(p, bnb.nn.Params4bit) and p.device != device:
+            p.data = p.data.to(device=device)
+
+
+def quantize_layers(model: nn.Module, device: torch.device, compute_dtype: torch.dtype, *, progress: bool = True,
+                    **lora) -> None:
+    """`quantize_layer` on every decoder layer in turn (so the 16-bit experts are never all on `device`), then
+    the remaining parameters and buffers to `device`. `lora`: the keyword arguments of `quantize_layer`."""
+    for layer in tqdm(model.get_decoder().layers, desc="quantize NF4", unit="layer", disable=not progress):
+        quantize_layer(layer, device, compute_dtype, **lora)
+    # Everything not 4-bit (embeddings, LM head, norms, router, adapters) is small and kept fp32; on GPU the
+    # forward runs under bf16 autocast, so trained rows keep full-precision master weights.
+    for p in model.parameters():
+        if not isinstance(p, bnb.nn.Params4bit) and (p.device != device or p.dtype != torch.float32):
+            p.data = p.data.to(device=device, dtype=torch.float32)
+    for buf_owner in model.modules():
+        for bname, b in list(buf_owner.named_buffers(recurse=False)):
+            if b.device != device:
+                setattr(buf_owner, bname, b.to(device))
+    model.is_loaded_in_4bit = True  # peft then wraps our Linear4bit layers with its bnb LoRA layer
+
+
+def enable_moe_adapters(model: nn.Module) -> None:
+    """Make our expert/router LoRA factors trainable (peft freezes every parameter it does not own)."""
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in MOE_ADAPTER_NAMES:
+            p.requires_grad_(True)
+
+
+def moe_adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our expert/router LoRA factors, keyed by their path below the decoder (`layers.N.mlp....`)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in MOE_ADAPTER_NAMES:
+            out[name[name.index("layers."):]] = p.detach().float().cpu().contiguous()
+    return out
+
+
+def load_moe_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = {name[name.index("layers."):]: p for name, p in model.named_parameters()
+           if name.rsplit(".", 1)[-1] in MOE_ADAPTER_NAMES}
+    if set(own) != set(state):
+        missing, extra = sorted(set(own) - set(state))[:3], sorted(set(state) - set(own))[:3]
+        raise ValueError(f"expert/router adapter does not fit the model: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for k, p in own.items():
+            p.copy_(state[k])
+
+
+def merge_moe_modules(model: nn.Module) -> None:
+    """Replace our NF4 expert/router modules by plain transformers modules with the LoRA merged in."""
+    config = model.config
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, (NF4LoraExperts, LoraRouter)):
+            _set_child(model, name, mod.merged(config))
+
+
+def dequantize_linears(model: nn.Module) -> None:
+    """Replace every `Linear4bit` outside our expert modules by an `nn.Linear` with the dequantized weight."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, bnb.nn.Linear4bit) and ".experts." not in f".{name}.":
+            w = dequantized(mod).float()
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device)
+            lin.weight = nn.Parameter(w)
+            _set_child(model, name, lin)
+
+
+def module_type(name: str) -> str:
+    """Coarse module type of a parameter for the setup summary."""
+    parts = name.split(".")
+    for key, label in (("experts", "experts"), ("gate", "router"), ("embed_tokens", "embed_tokens"),
+                       ("lm_head", "lm_head"), ("self_attn", "attention"), ("mlp", "mlp")):
+        if key in parts:
+            return label
+    return "norm" if any("norm" in p for p in parts) else "other"
+
+
+def setup_summary(model: nn.Module, type_of: Callable[[str], str] = module_type) -> dict:
+    """Bytes of weights per module type and dtype (4-bit counts its packed bytes + quantisation constants),
+    parameters held 16-bit or wider in layers that should be 4-bit, and trainable parameters per module type."""
+    weight_bytes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    trainable: dict[str, int] = defaultdict(int)
+    frozen_float_params: dict[str, int] = defaultdict(int)
+    for name, p in model.named_parameters():
+        kind = type_of(name)
+        if p.requires_grad:
+            trainable[kind] += p.numel()
+            continue
+        if isinstance(p, bnb.nn.Params4bit):
+            qs = p.quant_state
+            extra = qs.absmax.numel() * qs.absmax.element_size()
+            if qs.nested:
+                extra += qs.state2.absmax.numel() * 4 + qs.state2.code.numel() * 4
+            weight_bytes[kind]["nf4"] += p.numel() * p.element_size() + extra
+        else:
+            weight_bytes[kind][str(p.dtype).removeprefix("torch.")] += p.numel() * p.element_size()
+            frozen_float_params[kind] += p.numel()
+    return {
+        "weight_bytes": {k: dict(v) for k, v in sorted(weight_bytes.items())},
+        "frozen_float_params": dict(sorted(frozen_float_params.items())),
+        "trainable_params": dict(sorted(trainable.items())),
+        "trainable_total": sum(trainable.values()),
+    }
