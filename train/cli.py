@@ -9,7 +9,7 @@ from importlib import import_module
 from zhdata.errors import InputError
 
 # Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS: list[str] = ["train.run", "train.merge"]
+COMMANDS: list[str] = ["train.evaluate", "train.run", "train.merge", "train.experts", "train.compare", "train.quickstart"]
 
 
 def build_parser() -> argparse.ArgumentParser:

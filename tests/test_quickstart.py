@@ -1,0 +1,45 @@
+"""`train quickstart` end to end on the built-in sample, reduced size (tiny model, a few thousand characters)."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from train.cli import main
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    argv = ["quickstart", "-o", str(out), "--size", "tiny", "--train-chars", "3000", "--heldout-chars", "1000",
+            "--add", "100", "--block-size", "64", "--micro-batch-size", "8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report' / 'report.html'}" in printed
+    md = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Verdict: " in md and "Chinese bpc" in md
+    assert "data:image/png;base64," in (out / "report" / "report.html").read_text(encoding="utf-8")
+    bpc = {v: json.loads((out / "runs" / v / "eval" / "bpc.json").read_text(encoding="utf-8")) for v in ("orig", "ext")}
+    assert bpc["orig"]["sets"]["zh"]["chars"] == bpc["ext"]["sets"]["zh"]["chars"]  # same held-out text
+    assert bpc["ext"]["vocab_size"] == 32000 + 100
+    assert bpc["ext"]["sets"]["zh"]["tokens_per_char"] < bpc["orig"]["sets"]["zh"]["tokens_per_char"]
+    train_ids = set(pl.read_parquet(out / "corpus" / "train.parquet")["id"])
+    held_ids = {json.loads(line)["id"] for line in (out / "heldout" / "zh.jsonl").read_text(encoding="utf-8").splitlines()}
+    assert held_ids and not train_ids & held_ids  # held-out text is never trained on
+    config = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))
+    assert "DEMONSTRATION MODEL" in config["zh_adapt_demo"]
+    commands = (out / "commands.sh").read_text(encoding="utf-8")
+    for stage in ("zhdata clean --sample", "zhdata dedupe", "tokenizer extend", "zhdata pack", "--vocab ext", "train compare"):
+        assert stage in commands
+    man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert man["quickstart"]["demonstration_model"] is True and len(man["quickstart"]["stage_seconds"]) == 13
+    assert main(argv) == 2  # a second run into the same folder is refused without --overwrite
+    # The adapter run folder (NF4 base + adapters) and its merged fp32 model give the same bpc.
+    merged, ev = tmp_path / "merged", tmp_path / "merged-eval"
+    assert main(["merge", str(out / "runs" / "ext"), "-o", str(merged), "--dtype", "fp32", "--quiet"]) == 0
+    assert main(["eval", str(merged), "--task", "bpc", "--data", f"zh={out / 'heldout' / 'zh.jsonl'}", "-o", str(ev)]) == 0
+    merged_bpc = json.loads((ev / "bpc.json").read_text(encoding="utf-8"))["sets"]["zh"]
+    assert merged_bpc["tokens"] == bpc["ext"]["sets"]["zh"]["tokens"]
+    assert merged_bpc["bpc"] == pytest.approx(bpc["ext"]["sets"]["zh"]["bpc"], rel=1e-4)

@@ -1,0 +1,63 @@
+"""PNG plots for the evaluation reports (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, cbar: str,
+            xlabel: str = "expert", ylabel: str = "layer", cmap: str = "viridis", center_zero: bool = False) -> Path:
+    """Rows x columns heatmap with one cell per (layer, expert)."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * m.shape[1] + 2), max(3.0, 0.25 * m.shape[0] + 1.5)))
+    kw = {}
+    if center_zero:
+        lim = float(np.nanmax(np.abs(m))) or 1.0
+        kw = {"vmin": -lim, "vmax": lim}
+    im = ax.imshow(m, aspect="auto", cmap=cmap, **kw)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=cbar)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,
+          xlabel: str, ylabel: str, logx: bool = False) -> Path:
+    """One line per named (x, y) series."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, (x, y) in series.items():
+        ax.plot(list(x), list(y), marker="o", markersize=3, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def data_uri(path: str | Path) -> str:
+    """The PNG as a `data:` URI, so an HTML page carries its plots inline."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

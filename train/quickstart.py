@@ -1,0 +1,207 @@
+"""`train quickstart -o DIR`: the whole adaptation, original vs extended vocabulary, in one command.
+
+Stages (each is the documented command; DIR/commands.sh lists them so they can be rerun one by one):
+  1. zhdata clean --sample (or your --input)      5. zhdata pack, once per vocabulary
+  2. zhdata dedupe                                6. a model: --model, or a tiny demonstration Mixtral
+  3. split: held-out text / training text          7. train run, once per vocabulary (same text)
+  4. tokenizer convert + tokenizer extend          8. train eval (bpc; mc with --bench), 9. train compare
+Offline. Without --model the model is a small, randomly initialised Mixtral-architecture model created
+here and labelled as a demonstration model: its numbers show the pipeline, not Mixtral's quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from zhdata.errors import InputError
+from zhdata.manifest import Manifest
+from zhdata.readers import expand_inputs
+
+from .demo_model import make_demo_model
+
+# The Mixtral tokenizer shipped with the package (Apache-2.0), used when neither --model nor --tokenizer gives one.
+PACKAGED_TOKENIZER = Path(str(resources.files("tokenizer") / "data" / "mixtral-8x7b-v0.1.model"))
+# Demonstration model sizes: `demo` for the README's run, `tiny` for CI (hidden >= 64: the NF4 block size on CPU).
+STAGE_DIRS = ("clean", "dedup", "corpus", "heldout", "tok-orig", "tok-ext", "packed-orig", "packed-ext", "model", "runs",
+              "report")
+SIZES = {"demo": {"layers": 2, "hidden": 64, "experts": 4}, "tiny": {"layers": 1, "hidden": 64, "experts": 4}}
+
+
+def _stable_key(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def split_corpus(dedup_dir: Path, corpus_dir: Path, heldout_file: Path, train_chars: int, heldout_chars: int,
+                 heldout_every: int = 50) -> dict[str, int]:
+    """Held-out documents (stable hash of the id, 1 in `heldout_every`) and a training subset of about
+    `train_chars` characters drawn in stable-hash order, so that every source is represented."""
+    shards = [f for f in sorted(dedup_dir.glob("*.parquet")) if f.name != "clusters.parquet"]
+    if not shards:
+        raise InputError(dedup_dir, None, "no Parquet shards to split")
+    df = pl.concat([pl.read_parquet(f, columns=["id", "text", "source"]) for f in shards])
+    df = df.with_columns(pl.col("id").map_elements(_stable_key, return_dtype=pl.UInt64).alias("_key")).sort("_key")
+    held = df["_key"] % heldout_every == 0
+    held_df, train_df = df.filter(held), df.filter(~held)
+    held_df = held_df.filter(held_df["text"].str.len_chars().cum_sum() <= heldout_chars)
+    if held_df.height == 0:  # a small corpus: take the first document in hash order
+        held_df, train_df = df.head(1), df.slice(1)
+    train_df = train_df.filter(train_df["text"].str.len_chars().cum_sum().shift(1, fill_value=0) < train_chars)
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    train_df.drop("_key").write_parquet(corpus_dir / "train.parquet")
+    heldout_file.parent.mkdir(parents=True, exist_ok=True)
+    with heldout_file.open("w", encoding="utf-8") as f:
+        for rec in held_df.drop("_key").iter_rows(named=True):
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return {"documents": df.height, "train_documents": train_df.height, "train_chars": int(train_df["text"].str.len_chars().sum()),
+            "heldout_documents": held_df.height, "heldout_chars": int(held_df["text"].str.len_chars().sum())}
+
+
+def base_tokenizer(args: argparse.Namespace) -> Path:
+    """The SentencePiece model of the original vocabulary: --tokenizer, the --model folder's, or the repository's."""
+    for cand in (args.tokenizer, args.model and Path(args.model) / "tokenizer.model", PACKAGED_TOKENIZER):
+        if cand and Path(cand).exists():
+            return Path(cand)
+    raise InputError(args.model or "--tokenizer", None, "no SentencePiece tokenizer.model for the original vocabulary",
+                     "pass --tokenizer mixtral.model (Mixtral's tokenizer.model)")
+
+
+class Chain:
+    """Runs the stages with a numbered progress line each, and records the equivalent shell commands."""
+
+    def __init__(self, out: Path, total: int):
+        self.out, self.total, self.n = out, total, 0
+        self.commands: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str, fn: Callable[[], object], command: list[str] | None = None) -> object:
+        self.n += 1
+        print(f"\n[{self.n}/{self.total}] {name}" + (f"\n  $ {shlex.join(command)}" if command else ""), flush=True)
+        t = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - t, 2)
+        self.commands.append(shlex.join(command) if command else f"# {name}: done inside `train quickstart`")
+        print(f"  done in {self.timings[name]:.1f} s", flush=True)
+        return result
+
+
+def _cli(main: Callable[[list[str]], int], argv: list[str]) -> Callable[[], int]:
+    def call() -> int:
+        rc = main(argv)
+        if rc:
+            raise RuntimeError(f"`{shlex.join(argv)}` failed with exit code {rc}; see the message above")
+        return rc
+    return call
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenizer.cli import main as tok_main
+    from zhdata.cli import main as zh_main
+
+    from .cli import main as train_main
+
+    out = Path(args.out)
+    d = {k: out / k for k in STAGE_DIRS}
+    if any(p.exists() for p in d.values()):
+        if not args.overwrite:
+            raise InputError(out, None, "holds the output of an earlier quickstart", "use a new folder, or --overwrite")
+        for p in d.values():
+            shutil.rmtree(p, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    man = Manifest("train quickstart", {k: v for k, v in vars(args).items() if k != "func"})
+    started = time.perf_counter()
+    chain = Chain(out, 12 + (1 if args.model is None else 0))
+    inputs = ["--sample"] if not args.input else [str(p) for p in expand_inputs(args.input)]
+    chain.stage("clean", _cli(zh_main, ["clean", *inputs, "-o", str(d["clean"]), "--overwrite"]),
+                ["zhdata", "clean", *inputs, "-o", str(d["clean"])])
+    chain.stage("dedupe", _cli(zh_main, ["dedupe", str(d["clean"]), "-o", str(d["dedup"]), "--overwrite"]),
+                ["zhdata", "dedupe", str(d["clean"]), "-o", str(d["dedup"])])
+    heldout = d["heldout"] / "zh.jsonl"
+    split = chain.stage("split held-out / training text", lambda: split_corpus(
+        d["dedup"], d["corpus"], heldout, args.train_chars, args.heldout_chars))
+    print(f"  {split['train_documents']:,} training documents ({split['train_chars']:,} characters), "
+          f"{split['heldout_documents']:,} held out ({split['heldout_chars']:,} characters)")
+    base = base_tokenizer(args)
+    cmd = ["tokenizer", "convert", str(base), "-o", str(d["tok-orig"])]
+    chain.stage("tokenizer convert (original vocabulary)", _cli(tok_main, cmd[1:]), cmd)
+    cmd = ["tokenizer", "extend", "--base", str(d["tok-orig"]), "--corpus", str(d["corpus"]), "--add", str(args.add),
+           "-o", str(d["tok-ext"])]
+    chain.stage(f"tokenizer extend (+{args.add:,} Chinese pieces)", _cli(tok_main, cmd[1:]), cmd)
+    for v in ("orig", "ext"):
+        cmd = ["zhdata", "pack", str(d["corpus"]), "--tokenizer", str(d[f"tok-{v}"]), "-o", str(d[f"packed-{v}"]),
+               "--mode", "pt", "--block-size", str(args.block_size), "--overwrite"]
+        chain.stage(f"pack ({v} vocabulary)", _cli(zh_main, cmd[1:]), cmd)
+    model = Path(args.model) if args.model else d["model"]
+    if args.model is None:
+        size = SIZES[args.size]
+        chain.stage(f"create the demonstration model (layers {size['layers']}, hidden {size['hidden']}, "
+                    f"{size['experts']} experts; NOT Mixtral)",
+                    lambda: make_demo_model(d["tok-orig"], model, layers=size["layers"], hidden=size["hidden"],
+                                            experts=size["experts"], max_positions=max(512, args.block_size)))
+    common = ["--model", str(model), "--stage", "pt", "--epochs", "1", "--micro-batch-size", str(args.micro_batch_size),
+              "--lr", str(args.lr), "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
+              "--save-every", "0", "--max-val-batches", "4", "--device", args.device, "--log-every", "1"]
+    if args.model is None:
+        common.append("--no-gradient-checkpointing")  # the demonstration model is small: recomputation only costs time
+    runs = {"orig": d["runs"] / "orig", "ext": d["runs"] / "ext"}
+    for v in ("orig", "ext"):
+        extra = [] if v == "orig" else ["--tokenizer", str(d["tok-ext"]), "--base-tokenizer", str(d["tok-orig"])]
+        cmd = ["train", "run", *common, "--data", str(d[f"packed-{v}"]), "--vocab", v, *extra, "--output-dir", str(runs[v])]
+        chain.stage(f"train ({v} vocabulary, one pass over the same text)", _cli(train_main, cmd[1:]), cmd)
+    for v in ("orig", "ext"):
+        cmd = ["train", "eval", str(runs[v]), "--task", "bpc", *(["mc"] if args.bench else []), "--data", f"zh={heldout}",
+               *(["--data", f"en={args.heldout_en}"] if args.heldout_en else []), "--device", args.device,
+               "-o", str(runs[v] / "eval")]
+        if args.bench:
+            cmd += [x for b in args.bench for x in ("--bench", b)] + ["--max-questions", str(args.max_questions)]
+        chain.stage(f"evaluate ({v} vocabulary)", _cli(train_main, cmd[1:]), cmd)
+    cmd = ["train", "compare", str(runs["orig"]), str(runs["ext"]), "-o", str(d["report"])]
+    chain.stage("compare", _cli(train_main, cmd[1:]), cmd)
+    (out / "commands.sh").write_text("#!/bin/sh\n# the stages `train quickstart` ran, as commands\nset -e\n"
+                                     + "\n".join(chain.commands) + "\n", encoding="utf-8")
+    man.counts.records_in = man.counts.records_out = split["documents"]
+    man.extra["quickstart"] = {"split": split, "stage_seconds": chain.timings, "model": str(model),
+                               "demonstration_model": args.model is None,
+                               "total_seconds": round(time.perf_counter() - started, 1)}
+    man.write(out)
+    print(f"\nquickstart finished in {man.extra['quickstart']['total_seconds']:.0f} s")
+    print(f"report: {d['report'] / 'report.html'}  (Markdown: {d['report'] / 'report.md'})")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quickstart", help="the whole chain on the built-in sample: clean ... train both vocabularies ... report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
+examples:
+  train quickstart -o qs/            # built-in sample, demonstration model, CPU: about 6 minutes (limit 15) on 2 cores
+  train quickstart -o qs/ --model mixtral-8x7b/ --input corpus/zh --heldout-en heldout/en.jsonl \\
+      --bench ../shared/eval/ceval --train-chars 50000000 --add 20000 --block-size 1024 --lr 1e-4 --device cuda""")
+    p.add_argument("-o", "--out", required=True, help="folder for every stage's output; the report is in OUT/report/")
+    p.add_argument("--input", nargs="+", default=None, help="Chinese text files/folders instead of the built-in sample")
+    p.add_argument("--model", default=None, help="Hugging Face Mixtral folder (default: create a demonstration model)")
+    p.add_argument("--tokenizer", default=None, help="original SentencePiece tokenizer.model (default: the model's, "
+                                                     "else the Mixtral tokenizer shipped with the package)")
+    p.add_argument("--heldout-en", default=None, help="English held-out text for bpc (the sample is Chinese only)")
+    p.add_argument("--bench", action="append", default=[], help="benchmark folder for `train eval --task mc` (repeatable)")
+    p.add_argument("--max-questions", type=int, default=20, help="questions per subject with --bench (default 20)")
+    p.add_argument("--train-chars", type=int, default=150_000, help="characters of training text (default 150,000)")
+    p.add_argument("--heldout-chars", type=int, default=20_000, help="characters of held-out text (default 20,000)")
+    p.add_argument("--add", type=int, default=2000, help="new Chinese pieces for the extended vocabulary (default 2,000)")
+    p.add_argument("--block-size", type=int, default=256, help="tokens per training block (default 256)")
+    p.add_argument("--micro-batch-size", type=int, default=4, help="blocks per step (default 4)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3 for the demonstration model; "
+                                                          "use about 1e-4 with a real model)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8; alpha = 2 x rank)")
+    p.add_argument("--size", choices=sorted(SIZES), default="demo", help="demonstration model size (tiny: for CI)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace the stage folders of an earlier quickstart in OUT")
+    p.set_defaults(func=run)
