@@ -10,7 +10,7 @@
     # the issue's targets for an extension, on held-out Chinese and on English
     .venv/bin/python benchmarks/bench_tokenizer.py targets --base tests/fixtures/tokenizers/mixtral-8x7b-v0.1.model \
         --ext /tmp/tokbench/ext20k --score0 /tmp/tokbench/ext20k-score0 --zh /tmp/tokbench/heldout/zh \
-        --zh-tech /tmp/tokbench/heldout/zh_tech --en /work/shared/corpus/en
+        --zh-tech /tmp/tokbench/heldout/zh_tech --en ../shared/corpus/en
 
 Each prints a Markdown table and writes JSON (--json).
 """

@@ -1,11 +1,11 @@
-"""Split /work/shared/corpus into the tokenizer benchmark's training text and held-out text.
+"""Split ../shared/corpus into the tokenizer benchmark's training text and held-out text.
 
 Every 10th record of each Chinese file is held out (never trained on); of the rest, every file gets an
 equal byte budget (small files give all they have, their unused budget goes to the others) so the
 training text is about --train-mb MB and no one genre (the poetry files are 55% of the corpus) dominates. Writes DIR/train/*.jsonl,
 DIR/heldout/{zh,zh_tech,en}/*.jsonl.
 
-    .venv/bin/python benchmarks/bench_tokenizer_data.py --shared /work/shared/corpus --train-mb 40 -o /tmp/tokbench
+    .venv/bin/python benchmarks/bench_tokenizer_data.py --shared ../shared/corpus --train-mb 40 -o /tmp/tokbench
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TECH = ("python_docs", "react_docs")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default="/work/shared/corpus")
+    ap.add_argument("--shared", default="../shared/corpus")
     ap.add_argument("--train-mb", type=float, default=40)
     ap.add_argument("--heldout-chars", type=int, default=400_000, help="held-out characters per file at most")
     ap.add_argument("-o", "--out", required=True)
