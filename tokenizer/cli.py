@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from importlib import import_module
 
-from zhdata.errors import InputError
+from zhdata.command import run
 
 # Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS: list[str] = ["tokenizer.train", "tokenizer.extend", "tokenizer.convert", "tokenizer.embeddings", "tokenizer.audit", "tokenizer.report"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tokenizer",
-        description="Tokenizers for Chinese adaptation: train a Chinese SentencePiece model, extend a base vocabulary losslessly, convert to Hugging Face, initialise new embedding rows, audit, and report encoding efficiency.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        import_module(name).add_parser(sub)
-    return parser
+COMMANDS = ["tokenizer.train", "tokenizer.extend", "tokenizer.convert", "tokenizer.embeddings", "tokenizer.audit", "tokenizer.report"]
+DESCRIPTION = ("Tokenizers for Chinese adaptation: train a Chinese SentencePiece model, extend a base vocabulary losslessly, convert to Hugging Face, initialise new embedding rows, audit, and report encoding efficiency.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as e:
-        print(f"tokenizer {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run("tokenizer", DESCRIPTION, COMMANDS, argv)
 
 
 if __name__ == "__main__":
