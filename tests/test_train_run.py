@@ -165,6 +165,8 @@ def test_pt_orig_loss_falls_resume_is_exact_and_merge_matches(world):
     assert [r["step"] for r in log] == list(range(1, 9))
     assert log[-1]["lm_loss"] < log[0]["lm_loss"] - 1.0
     assert all(r["aux_loss"] > 0 and r["tokens_per_s"] > 0 and r["chars_per_s"] > 0 for r in log)
+    assert [r["chars"] for r in log] == sorted(r["chars"] for r in log) and log[0]["chars"] > 0  # cumulative
+    assert log[-1]["elapsed"] >= log[0]["elapsed"] > 0
     m = read_manifest(full)
     assert m["setup"]["problems"] == [] and m["setup"]["trainable_params"] == m["setup"]["analytic_trainable_params"]
     assert m["setup"]["weight_bytes"]["experts"].keys() == {"nf4"}

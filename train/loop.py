@@ -254,8 +254,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         state["chars"] += chars
         state["train_s"] += dt
         record = {"step": state["step"], "lm_loss": float(sums[0]), "aux_loss": float(sums[1]), "lr": lr,
-                  "grad_norm": float(norm), "tokens": state["tokens"], "tokens_per_s": tokens / dt,
-                  "chars_per_s": chars / dt}
+                  "grad_norm": float(norm), "tokens": state["tokens"], "chars": state["chars"],
+                  "elapsed": round(state["train_s"], 3), "tokens_per_s": tokens / dt, "chars_per_s": chars / dt}
         if rank == 0 and (state["step"] % cfg.log_every == 0 or state["step"] == last_step):
             with log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
