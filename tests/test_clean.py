@@ -133,3 +133,15 @@ def test_builtin_sample(tmp_path):
     assert c["modified"]["convert"] > 1000  # the sample holds Traditional poetry
     text = "".join(_read(out)["text"].to_list())
     assert "\r" not in text and "\u3000" not in text
+
+
+def test_blocklist_file_from_the_command_line(tmp_path):
+    src = tmp_path / "in.jsonl"
+    bad = "赌博网站欢迎你，赌博赌博，这里有最好的服务。\n第二行还是赌博广告的内容。"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in (GOOD, bad)), encoding="utf-8")
+    words = tmp_path / "block.txt"
+    words.write_text("# one word per line\n赌博\n\n", encoding="utf-8")
+    out = tmp_path / "o"
+    assert main(["clean", str(src), "-o", str(out), "--blocklist", str(words), "--no-progress"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["dropped"] == {"blocklisted": 1} and m["params"]["filters"]["blocklist"] == 1

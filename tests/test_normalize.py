@@ -43,3 +43,8 @@ def test_each_step_switchable_and_counted():
 def test_dedupe_key_ignores_space_punct_case_width():
     a, b = dedupe_key(pl.Series(["你好，World！ ", "你好,world!"])).to_list()
     assert a == b == "你好world"
+
+
+def test_unicode_nfc_composes_but_keeps_compatibility_forms():
+    assert normalize_text("Cafe\u0301，ｘ") == "Café，x"  # NFC composes; the full-width step (not NFKC) maps ｘ
+    assert normalize_text("Cafe\u0301", Normalizer(unicode=False)) == "Cafe\u0301"
