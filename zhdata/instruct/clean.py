@@ -184,14 +184,17 @@ class Cleaner:
 
     @staticmethod
     def _cut_at_first(convs, first, reason, dropped, modified) -> list[Conversation]:
+        """Cut each conversation before its flagged turn (`first[i]`, None = keep whole); `reason` is a string or
+        one per conversation. A conversation with nothing left is dropped under that reason."""
+        reasons = [reason] * len(convs) if isinstance(reason, str) else reason
         kept = []
-        for v, k in zip(convs, first):
+        for v, k, why in zip(convs, first, reasons):
             if k is not None:
                 v.messages = _cut(v.messages, k)
                 if not v.messages:
-                    dropped[reason] += 1
+                    dropped[why] += 1
                     continue
-                modified[f"{reason}_cut"] += 1
+                modified[f"{why}_cut"] += 1
             kept.append(v)
         return kept
 
@@ -214,20 +217,11 @@ class Cleaner:
             if n:
                 modified[f"normalize_{step}_turns"] += n
 
-    @staticmethod
-    def _fix_order(convs, dropped, modified) -> list[Conversation]:
-        kept = []
-        for v in convs:
-            k = role_order_violation(v.messages)
-            if k is not None:
-                reason = "ends_without_assistant" if k == len(v.messages) else "role_order"
-                v.messages = _cut(v.messages, k)
-                if not v.messages:
-                    dropped[reason] += 1
-                    continue
-                modified[f"{reason}_cut"] += 1
-            kept.append(v)
-        return kept
+    @classmethod
+    def _fix_order(cls, convs, dropped, modified) -> list[Conversation]:
+        first = [role_order_violation(v.messages) for v in convs]
+        reasons = ["ends_without_assistant" if k == len(v.messages) else "role_order" for v, k in zip(convs, first)]
+        return cls._cut_at_first(convs, first, reasons, dropped, modified)
 
     @staticmethod
     def _limit(convs, sizes, base, limit, reason, dropped, modified) -> list[Conversation]:
