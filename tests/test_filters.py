@@ -44,3 +44,16 @@ def test_codepoint_measures_match_regex_definitions():
     assert m["han"].tolist() == s.str.count_matches(r"\p{Han}").to_list()
     assert m["nonspace"].tolist() == s.str.replace_all(r"\s", "").str.len_chars().to_list()
     assert m["lines"].tolist() == s.str.count_matches(r"(?m)^.*\S.*$").to_list()
+
+
+def test_codepoint_measures_on_many_texts_match_polars():
+    import numpy as np
+    from zhdata.filters import codepoint_measures
+    rng = np.random.default_rng(3)
+    alphabet = list("中文字 \n\t\u3000ab") + [""]
+    texts = ["".join(rng.choice(alphabet, int(rng.integers(0, 30)))) for _ in range(400)]
+    m = codepoint_measures(texts)
+    s = pl.Series(texts)
+    assert m["han"].tolist() == s.str.count_matches(r"\p{Han}").to_list()
+    assert m["nonspace"].tolist() == s.str.replace_all(r"\s", "").str.len_chars().to_list()
+    assert m["lines"].tolist() == s.str.count_matches(r"(?m)^.*\S.*$").to_list()

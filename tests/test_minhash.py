@@ -66,3 +66,18 @@ def test_optimal_bands_near_threshold():
         b, r = optimal_bands(t, 128)
         assert b * r <= 128
         assert abs((1 / b) ** (1 / r) - t) < 0.1
+
+
+def test_ngram_hashes_equal_the_plain_polynomial():
+    from zhdata.ngrams import _window_polynomial, seeded
+    rng = np.random.default_rng(5)
+    cp = rng.integers(0, 0x30000, 500).astype(np.uint32)
+    mult = seeded(7, 1) | np.uint64(1)
+    for n in (1, 3, 5, 13):
+        want = []
+        for i in range(len(cp) - n + 1):
+            acc = 0
+            for c in cp[i:i + n].tolist():
+                acc = (acc * int(mult) + c) % (1 << 64)
+            want.append(acc)
+        assert _window_polynomial(cp, n, mult).tolist() == want

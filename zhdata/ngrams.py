@@ -36,6 +36,19 @@ def codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return cp, offsets
 
 
+def _window_polynomial(cp: np.ndarray, n: int, mult: np.uint64) -> np.ndarray:
+    """sum_k cp[i+k] * mult^(n-1-k) mod 2^64 for every window i, in a constant number of passes:
+    with Q[j] = sum_{t<j} cp[t] * mult^-(t+1) (mult is odd, so invertible mod 2^64), the window is
+    (Q[i+n] - Q[i]) * mult^(i+n). uint64 products and sums wrap mod 2^64, which is what we want."""
+    total = len(cp)
+    inv = _U64(pow(int(mult), -1, 1 << 64))
+    pw = np.cumprod(np.full(total, mult, dtype=np.uint64))  # pw[j] = mult^(j+1)
+    ipw = np.cumprod(np.full(total, inv, dtype=np.uint64))  # ipw[t] = mult^-(t+1)
+    q = np.zeros(total + 1, dtype=np.uint64)
+    np.cumsum(cp.astype(np.uint64) * ipw, out=q[1:])
+    return (q[n:] - q[: total - n + 1]) * pw[n - 1 :]  # window i ends at t = i+n-1: times mult^(i+n)
+
+
 def ngram_hashes(cp: np.ndarray, offsets: np.ndarray, n: int, seed: int = 0,
                  whole_short: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hashes of every character n-gram that lies inside one text.
@@ -49,11 +62,7 @@ def ngram_hashes(cp: np.ndarray, offsets: np.ndarray, n: int, seed: int = 0,
     mult = seeded(seed, 1) | _U64(1)
     if total >= n:
         m = total - n + 1
-        h = np.zeros(m, dtype=np.uint64)
-        cp64 = cp.astype(np.uint64)
-        for k in range(n):
-            h *= mult
-            h += cp64[k : k + m]
+        h = _window_polynomial(cp, n, mult)
         starts = np.arange(m, dtype=np.int64)
         doc = np.repeat(np.arange(ndocs, dtype=np.int64), lens)[:m]
         ok = starts + n <= offsets[doc + 1]
