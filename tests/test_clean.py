@@ -75,6 +75,10 @@ def test_resume_skips_finished_shards_and_refuses_other_params(tmp_path):
     assert m.counts.records_in == 52
     with pytest.raises(Exception, match="other inputs or options"):
         run_clean([src], out, CleanOptions(text_field="body"), piece_mb=0, progress=False)
+    with src.open("a", encoding="utf-8") as f:  # a changed input is another run, not a resume
+        f.write(json.dumps({"text": GOOD}, ensure_ascii=False) + "\n")
+    with pytest.raises(Exception, match="other inputs or options"):
+        run_clean([src], out, CleanOptions(), piece_mb=0, progress=False)
 
 
 def test_stats_mode_writes_nothing(tmp_path, capsys):

@@ -78,3 +78,14 @@ def test_bad_inputs(tmp_path, capsys):
     assert "no column 'body'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["dedupe", str(d)])  # -o is required
+
+
+def test_rerun_resumes_and_a_changed_input_run_is_refused(tmp_path):
+    d = _shards(tmp_path, [_texts(5, 10)])
+    out = tmp_path / "o"
+    first = run_dedupe(d, out, DedupeOptions(), progress=False)
+    again = run_dedupe(d, out, DedupeOptions(), progress=False)  # signatures come from the cache
+    assert first.counts.to_dict() == again.counts.to_dict()
+    Manifest("zhdata clean", {"another": "run"}).write(d)
+    with pytest.raises(Exception, match="other inputs or options"):
+        run_dedupe(d, out, DedupeOptions(), progress=False)

@@ -114,7 +114,9 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     """Clean `inputs` into `out_dir` (or only measure, when `out_dir` is None) and return the manifest."""
     files = expand_inputs(inputs, opts.fmt)
     pieces = plan_pieces(files, opts.fmt, piece_mb << 20)
-    params = {"inputs": [str(f) for f in files], "text_field": opts.text_field, "text_unit": opts.text_unit,
+    # size and mtime: a changed input file is a different run, never resumed over stale shards
+    params = {"inputs": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+              "text_field": opts.text_field, "text_unit": opts.text_unit,
               "format": opts.fmt, "keep_fields": list(opts.keep_fields), "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
@@ -227,6 +229,8 @@ def cmd_clean(a: argparse.Namespace) -> int:
     inputs = list(a.inputs) + ([str(sample_path())] if a.sample else [])
     if not inputs:
         raise InputError("(command line)", None, "no input given", "name files or folders, or use --sample")
+    if a.piece_mb < 1 or a.workers < 1:
+        raise InputError("(command line)", None, "--piece-mb and --workers must be at least 1")
     if not a.stats and not a.output:
         raise InputError("(command line)", None, "no output folder", "give -o OUT_DIR, or --stats to only measure")
     m = run_clean(inputs, None if a.stats else a.output, options_from_args(a), a.workers, a.piece_mb, a.overwrite,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .lsh import LSHIndex, UnionFind, band_keys
-from .manifest import Counts, Manifest
+from .manifest import Counts, Manifest, file_sha256
 from .minhash import optimal_bands, signatures
 from .ngrams import codepoints, ngram_hashes
 from .normalize import dedupe_key
@@ -135,7 +135,9 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
     out = Path(out_dir)
     if out.resolve() == Path(in_dir).resolve():
         raise InputError(out, None, "output folder is the input folder", "write the deduplicated shards to a new folder")
-    params = {"input": str(Path(in_dir).resolve()), "shards": [s.name for s in shards], **asdict(opts)}
+    # the input's manifest identifies the run that wrote the shards: re-cleaned input is never resumed over
+    params = {"input": str(Path(in_dir).resolve()), "shards": [s.name for s in shards],
+              "input_manifest_sha256": file_sha256(Path(in_dir) / "manifest.json"), **asdict(opts)}
     manifest = Manifest("zhdata dedupe", params)
     manifest.add_inputs(shards)
     state = ShardState(out)
