@@ -62,6 +62,8 @@ def test_openai_messages_content_parts_and_tool_calls():
     assert conv.messages[0] == ("user", "你好，世界")
     assert json.loads(conv.messages[1][1]) == [{"function": {"name": "f"}, "id": "1"}]
     assert conv.messages[2:] == [("tool", "ok"), ("assistant", "完成")]
+    rec["messages"][2]["content"] = ""  # many datasets write "" rather than null for a tool-call-only turn
+    assert json.loads(parse(rec).messages[1][1]) == [{"function": {"name": "f"}, "id": "1"}]
 
 
 def test_column_mapping_string_and_llamafactory_entry(tmp_path):
@@ -97,6 +99,7 @@ def test_preference_rejected_by_default_and_converted_by_flag():
 
 @pytest.mark.parametrize("rec, reason, words", [
     ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown_role", "unknown role 'robot'"),
+    ({"conversations": [{"from": ["human"], "value": "x"}]}, "unknown_role", "unknown role ['human']"),
     ({"messages": "hello"}, "bad_type", "not a list of turns"),
     ({"messages": [{"role": "user", "content": None}]}, "null_field", "is null"),
     ({"conversations": [{"from": "gpt", "value": "我先说"}, {"from": "human", "value": "好"}]},

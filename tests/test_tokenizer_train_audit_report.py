@@ -74,6 +74,11 @@ def test_audit_finds_each_problem(tmp_path):
     assert res["parity"]["mismatched"] > 0  # ... but Hugging Face cannot reproduce tied scores
     assert main(["audit", str(folder), "--corpus", str(TEXT), "-o", str(tmp_path / "a")]) == 1
     assert json.loads((tmp_path / "a" / "audit.json").read_text())["problems"]
+    # with base merges first, 中华人民 behind 华人 can never be produced: audit must say so
+    hidden = save_proto(build(base, ["华人", "中华人民"], "after-base"), tmp_path / "hidden.model")
+    res = audit(hidden)
+    assert "中华人民" in res["unreachable_examples"] and any("never produces" in p for p in res["problems"])
+    assert res["parity"] is None  # a lone .model is not paired with the files of the folder it sits in
     dup = build(base, ["华人"])
     dup.pieces.append(pb.ModelProto.SentencePiece(piece="华人", score=-1e10, type=1))
     res = audit(save_proto(dup, tmp_path / "dup.model"))
@@ -107,3 +112,18 @@ def test_report_compares_tokenizers(tmp_path):
     assert "## zh" in md and "| ext |" in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert read_manifest(out)["counts"]["records_in"] > 0
+
+
+def test_train_skips_and_counts_bad_records_with_on_error_skip(tmp_path):
+    import json as _json
+
+    from tokenizer.cli import main as tok_main
+    src = tmp_path / "zh.jsonl"
+    lines = [_json.dumps({"text": "中文训练文本第%d行，内容足够长以便训练分词模型。" % i}, ensure_ascii=False) for i in range(400)]
+    lines[10] = _json.dumps({"body": "没有文本字段"}, ensure_ascii=False)
+    lines[20] = _json.dumps({"text": 42})
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert tok_main(["train", "--corpus", str(src), "--vocab-size", "300", "-o", str(tmp_path / "stop")]) == 2
+    assert tok_main(["train", "--corpus", str(src), "--vocab-size", "300", "-o", str(tmp_path / "t"), "--on-error", "skip"]) == 0
+    c = _json.loads((tmp_path / "t" / "manifest.json").read_text())["counts"]
+    assert c["records_in"] == 400 and c["dropped"] == {"missing_text_field": 1, "non_string_text": 1}

@@ -19,7 +19,7 @@ from zhdata.manifest import Manifest, file_sha256
 from .corpus import sample_texts
 from .parity import compare
 from .reach import unreachable
-from .spm import BYTE, NORMAL, TYPE_NAMES, is_bpe, load_proto, model_path, processor
+from .spm import BYTE, MODEL_FILE, NORMAL, TYPE_NAMES, is_bpe, load_proto, model_path, processor
 
 SPECIAL_LOOKING = re.compile(r"^(<(pad|mask|unk|s|/s|cls|sep|eos|bos)>|<\|[^|<>\s]+\|>|\[(PAD|MASK|CLS|SEP|UNK)\])$")
 PROBES = ["Hello  world, this is   a test.", "中文测试：你好，世界！", "😀 𠀀 ꙮ\t\n", "def f(x):\n    return x", ""]
@@ -58,7 +58,8 @@ def model_vocab_rows(model_dir: Path) -> int:
 def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Path | None = None) -> dict:
     """All checks on a tokenizer (folder or .model); `problems` lists what is wrong, empty when all is well."""
     path = model_path(tokenizer)
-    folder = path.parent if Path(tokenizer).is_file() else Path(tokenizer)
+    # a folder's own files (tokenizer.json, configs) belong to its tokenizer.model, not to another .model beside them
+    folder = Path(tokenizer) if Path(tokenizer).is_dir() else path.parent if path.name == MODEL_FILE else None
     proto = load_proto(path)
     n = len(proto.pieces)
     problems: list[str] = []
@@ -75,7 +76,7 @@ def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Pa
     unreach = unreachable(proto) if is_bpe(proto) and load_error is None else []
     if unreach:
         problems.append(f"{len(unreach)} pieces the encoder never produces, e.g. {[proto.pieces[i].piece for i in unreach[:8]]}")
-    named = _named_specials(folder) if folder.is_dir() else {}
+    named = _named_specials(folder) if folder is not None else {}
     ids = {p.piece: i for i, p in enumerate(proto.pieces)}
     special_normal = sorted({i for i, p in enumerate(proto.pieces) if p.type == NORMAL and SPECIAL_LOOKING.match(p.piece)}
                             | {ids[s] for s in named.values() if s in ids and proto.pieces[ids[s]].type == NORMAL})
@@ -98,8 +99,8 @@ def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Pa
         "byte_fallback": bool(proto.trainer_spec.byte_fallback), "byte_pieces": len(byte_pieces),
         "normalizer": proto.normalizer_spec.name, "add_dummy_prefix": proto.normalizer_spec.add_dummy_prefix,
     }
-    hf = folder / "tokenizer.json"
-    if hf.exists() and load_error is None:
+    hf = folder / "tokenizer.json" if folder is not None else None
+    if hf is not None and hf.exists() and load_error is None:
         result["tokenizer_json_sha256"] = file_sha256(hf)
         par = compare(folder, (texts or []) + PROBES)
         result["parity"] = par

@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     m.add_inputs([model_path(base_tok), model_path(tok_dir)])
     if not (model_dir / "config.json").exists():
         raise InputError(model_dir, None, "no config.json: not a Hugging Face model folder", "give the folder save_pretrained wrote")
+    if not (tok_dir / "tokenizer.json").is_file():  # checked before any work: it is copied and hashed at the end
+        raise InputError(tok_dir, None, "no tokenizer.json in the tokenizer folder",
+                         "pass the folder written by `tokenizer extend` (or `tokenizer convert` a .model first)")
     t0 = time.time()
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     with tqdm(total=3, desc="init-embeddings", unit="step") as bar:

@@ -145,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
               "corpora": {}}
     for cname, paths in corpora.items():
         texts = sample_texts(paths, args.max_chars, args.text_field)
+        if not any(texts):
+            raise InputError(spec, None, "this corpus holds no text", "check the path and --text-field")
         m.source(cname).records_in = m.source(cname).records_out = len(texts)
         m.counts.records_in += len(texts)
         m.counts.records_out += len(texts)

@@ -52,11 +52,13 @@ def write_training_text(paths: list[str | Path], dest: Path, field: str = "text"
             src = manifest.source(f.name) if manifest is not None else None
             for where, rec in iter_records(f, policy=policy):
                 records += 1
-                text = record_text(rec, field, f, where)
+                text, reason = record_text(rec, field, f, where, policy)
+                if reason not in (None, "empty_text"):
+                    continue  # a bad record: the policy stopped the run or counted it (added to the manifest in `run`)
                 if src is not None:
                     src.records_in += 1
                     if text is None:
-                        src.dropped["empty_text"] += 1
+                        src.dropped[reason] += 1
                     else:
                         src.records_out += 1
                 if text is None:

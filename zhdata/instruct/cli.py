@@ -130,12 +130,9 @@ def main(args: argparse.Namespace) -> int:
     if o["max_tokens"]:
         if not args.tokenizer:
             raise InputError(".", None, "--max-tokens needs --tokenizer DIR")
-        from tokenizers import Tokenizer
+        from ..pack.tokfolder import load_tokenizer_folder
 
-        tok_file = Path(args.tokenizer) / "tokenizer.json"
-        if not tok_file.is_file():
-            raise InputError(tok_file, None, "no tokenizer.json in the tokenizer folder")
-        tokenizer = Tokenizer.from_file(str(tok_file))
+        tokenizer = load_tokenizer_folder(args.tokenizer).tokenizer
     refusals = load_phrases(o["refusal_file"]) if o["refusal_file"] else DEFAULT_REFUSALS
     clean = CleanConfig(
         normalizer=None if o["convert"] == "none" and not o["normalize"] else instruct_normalizer(o["convert"], o["normalize"]),

@@ -14,7 +14,6 @@ from typing import Any
 
 FORMATS = ("alpaca", "sharegpt", "openai")
 PREFERENCE_MODES = ("error", "chosen")
-ROLES = ("user", "assistant", "tool")
 
 
 class RecordError(ValueError):
@@ -185,7 +184,8 @@ def _content(turn: dict, cols: ColumnMap, where: str) -> Any:
     if key not in turn:
         raise RecordError(f"{where} has no {key!r}", "missing_field")
     content = turn[key]
-    if content is None and turn.get("tool_calls"):  # OpenAI: an assistant turn that only calls tools
+    empty = content is None or (isinstance(content, str) and not content.strip())
+    if empty and turn.get("tool_calls"):  # OpenAI: a turn that only calls tools (content null or "")
         return json.dumps(turn["tool_calls"], ensure_ascii=False, sort_keys=True)
     if isinstance(content, list):  # OpenAI content parts
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
@@ -209,7 +209,7 @@ def _turns(raw: Any, cols: ColumnMap, key: str) -> list[tuple[str, str]]:
             continue
         role_key = cols.role_tag or ("from" if "from" in turn else "role")
         name = turn.get(role_key)
-        if name not in names:
+        if not isinstance(name, str) or name not in names:
             raise RecordError(f"{where} has unknown role {name!r} (field {role_key!r}); known: "
                               f"{', '.join(sorted(names))}; map others with --columns user_tag=...", "unknown_role")
         out.append((names[name], _text(_content(turn, cols, where), f"{where} content")))

@@ -67,8 +67,9 @@ def schema(keep: tuple[str, ...]) -> pa.Schema:
 
 def run(sources: list[Source], out_dir: Path, cfg: RunConfig, manifest: Manifest, tokenizer=None) -> Manifest:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("part-*.parquet"):
-        old.unlink()
+    # the old output goes as a whole: a failed rerun must not leave a manifest describing deleted parts
+    for old in [*out_dir.glob("part-*.parquet"), out_dir / "manifest.json"]:
+        old.unlink(missing_ok=True)
     work = out_dir / ".instruct-work"
     shutil.rmtree(work, ignore_errors=True)
     finder = DuplicateFinder(work / "dedup", cfg.exact_dup, cfg.near_dup, cfg.near_threshold, cfg.num_perm, cfg.ngram)

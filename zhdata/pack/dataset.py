@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ..manifest import file_sha256, read_manifest
+from ..manifest import read_manifest
 from .store import INDEX_DTYPE, open_array, split_file
+from .tokfolder import load_tokenizer_folder
 
 
 class PackedDataset(Dataset):
@@ -46,7 +47,7 @@ class PackedDataset(Dataset):
     def check_tokenizer(self, tokenizer: str | Path) -> None:
         """Raise InputError unless `tokenizer` (folder or sha256) is the one this data was packed with."""
         p = Path(tokenizer)
-        sha = file_sha256(p / "tokenizer.json") if p.is_dir() else str(tokenizer)
+        sha = load_tokenizer_folder(p).sha256 if p.is_dir() else str(tokenizer)
         if sha != self.tokenizer_sha256:
             raise InputError(self.path, None, f"packed with tokenizer {self.tokenizer_sha256[:12]} "
                              f"({self.manifest['tokenizer'].get('path')}), not with {sha[:12]} ({tokenizer})",

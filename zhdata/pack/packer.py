@@ -153,7 +153,7 @@ def _pack_bfd(out: Path, split: str, stage: dict[str, Path], dtype: np.dtype, B:
     bins = best_fit_decreasing(lengths, B)
     order = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=len(lengths))
     new_len = lengths[order]
-    np.concatenate(([0], np.cumsum(new_len)[:-1])).astype(INDEX_DTYPE).tofile(split_file(out, split, "docs"))
+    (np.cumsum(new_len) - new_len).astype(INDEX_DTYPE).tofile(split_file(out, split, "docs"))  # no start when empty
     block_tokens = np.fromiter((int(lengths[b].sum()) for b in bins), dtype=np.int64, count=len(bins))
     np.concatenate(([0], np.cumsum(block_tokens))).astype(INDEX_DTYPE).tofile(split_file(out, split, "blocks"))
     cum = np.cumsum(new_len)

@@ -58,5 +58,8 @@ def load_tokenizer_folder(path: str | Path) -> TokenizerFolder:
     except Exception as e:  # tokenizers raises a bare Exception on a broken file
         raise InputError(tj, None, f"not a readable tokenizer.json: {e}") from None
     cfg_file = p / "tokenizer_config.json"
-    config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
+    except json.JSONDecodeError as e:
+        raise InputError(cfg_file, e.lineno, f"malformed JSON: {e.msg} at column {e.colno}") from None
     return TokenizerFolder(p, tok, file_sha256(tj), tok.get_vocab_size(with_added_tokens=True), config)
