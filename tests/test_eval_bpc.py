@@ -75,6 +75,17 @@ def test_sliding_window_scores_each_token_once_with_its_window(loaded):
             expect = -float(torch.log_softmax(logits.double(), -1)[ids[t]])
             assert float(slid[t - 1]) == pytest.approx(expect, rel=1e-5)
     assert not torch.allclose(slid, full)  # a shorter context does change the numbers
+    # the default stride (= window) on a text longer than the window: back-to-back windows, every token
+    # scored from the context of its own window (the first token of each later window from one token)
+    w = 8
+    steps = token_nll(model, ids, window=w)
+    assert steps.shape == full.shape and torch.isfinite(steps).all()
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            begin = ((t - 1) // (w - 1)) * (w - 1)  # windows start at 0, w-1, 2(w-1), ...
+            logits = model(input_ids=torch.tensor([ids[begin: t + 1]])).logits[0, -2]
+            expect = -float(torch.log_softmax(logits.double(), -1)[ids[t]])
+            assert float(steps[t - 1]) == pytest.approx(expect, rel=1e-5, abs=1e-6)
 
 
 def test_cli_bpc_and_ctx_ppl(demo, tmp_path):

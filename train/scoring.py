@@ -57,8 +57,8 @@ def token_nll(model: Any, ids: list[int], window: int, stride: int | None = None
     """NLL in nats of ids[1:], each token predicted exactly once.
 
     Sequences longer than `window` are scored with a sliding window that advances by `stride`
-    (default: window, i.e. disjoint windows); every scored token then sees at least
-    `window - stride` tokens of context (except at the start).
+    (default: window, i.e. back-to-back windows that overlap by the one token that predicts the next
+    window's first); every scored token then sees at least `window - stride` tokens of context.
     """
     if len(ids) < 2:
         return torch.zeros(0)
@@ -66,7 +66,7 @@ def token_nll(model: Any, ids: list[int], window: int, stride: int | None = None
     device = next(model.parameters()).device
     seq = torch.tensor(ids, dtype=torch.long, device=device)
     n = len(ids)
-    out = torch.empty(n - 1, dtype=torch.float64)
+    out = torch.full((n - 1,), float("nan"), dtype=torch.float64)
     done = 1  # next position to score
     begin = 0
     while done < n:
@@ -79,7 +79,9 @@ def token_nll(model: Any, ids: list[int], window: int, stride: int | None = None
         done = end
         if end == n:
             break
-        begin += stride
+        # the next window must hold token done-1, which predicts token done: never skip a token
+        begin = min(begin + stride, done - 1)
+    assert not torch.isnan(out).any(), "a token was left unscored"
     return out
 
 
