@@ -159,8 +159,8 @@ def test_aux_loss_changes_the_router_gradient(world):
         assert not torch.allclose(grads[0.0][n], grads[0.02][n]), n
 
 
-def test_pt_orig_loss_falls_resume_is_exact_and_merge_matches(world):
-    full = _run(world, "pt-orig-full", steps=8)
+def test_pt_orig_loss_falls_resume_is_exact_and_merge_matches(world, capsys):
+    full = _run(world, "pt-orig-full", steps=8, lora_dropout=0.1)  # dropout: resume must restore the RNG too
     log = _log(full)
     assert [r["step"] for r in log] == list(range(1, 9))
     assert log[-1]["lm_loss"] < log[0]["lm_loss"] - 1.0
@@ -173,8 +173,13 @@ def test_pt_orig_loss_falls_resume_is_exact_and_merge_matches(world):
     assert m["train"]["steps"] == 8 and m["tokenizer"]["sha256"] and m["train"]["val_lm_loss"] is not None
     assert (full / "adapter" / "adapter_model.safetensors").exists() and (full / "run.toml").exists()
 
-    part = _run(world, "pt-orig-resume", steps=8, stop_after=3)
+    part = _run(world, "pt-orig-resume", steps=8, stop_after=3, lora_dropout=0.1)
     assert len(_log(part)) == 3 and not (part / "adapter").exists()
+    with pytest.raises(AssertionError):  # a fresh run into a folder with checkpoints is refused ...
+        _run(world, "pt-orig-resume", steps=8, lora_dropout=0.1)
+    # ... and so is resuming with settings that change the training path
+    assert main(["run", "--config", str(part / "run.toml"), "--resume", "auto", "--lr", "0.5", "--quiet"]) == 2
+    assert "other settings: lr 0.01 → 0.5" in capsys.readouterr().err
     assert main(["run", "--config", str(part / "run.toml"), "--resume", "auto", "--stop-after", "0", "--quiet"]) == 0
     resumed = _log(part)
     assert [r["step"] for r in resumed] == list(range(1, 9))
@@ -246,6 +251,10 @@ def test_bad_inputs_give_clear_errors(world, capsys):
     bad.write_text('lora_rank = 8\n')
     assert main(["run", "--config", str(bad)]) == 2
     assert "unknown setting" in capsys.readouterr().err
+    # an extended tokenizer run as --vocab orig: the model has fewer embedding rows than the tokenizer has tokens
+    assert main(["run", "--model", str(world["mixtral"]), "--data", str(world["pt-ext"]), "--tokenizer",
+                 str(world["ext"]), "--vocab", "orig", "--output-dir", str(world["root"] / "bad"), "--quiet"]) == 2
+    assert "--vocab ext" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -278,3 +287,19 @@ def test_ddp_two_processes_equal_one_process_with_double_batch(world):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-5), (f, k)
+
+
+def test_aux_loss_ignores_right_padding():
+    from train.loop import _aux_loss
+    torch.manual_seed(0)
+    cfg = MixtralConfig(vocab_size=100, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True)
+    model = MixtralForCausalLM(cfg).eval()
+    ids = torch.randint(3, 100, (1, 12))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 12), torch.zeros(1, 6)], 1).long()
+    with torch.no_grad():
+        alone = model(input_ids=ids).aux_loss
+        out = model(input_ids=padded)
+    assert _aux_loss(out.router_logits, cfg, mask, torch.device("cpu")) == pytest.approx(float(alone), rel=1e-5)
+    assert float(out.aux_loss) != pytest.approx(float(alone), rel=1e-3)  # the model's own value counts the padding

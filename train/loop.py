@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import AutoConfig, AutoTokenizer, get_cosine_schedule_with_warmup
 
 from zhdata.errors import InputError
 from zhdata.manifest import Manifest, file_sha256
@@ -92,8 +92,38 @@ def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world:
         dist.barrier()
 
 
+# Settings that decide the training path: a checkpoint resumes only a run with the same ones.
+RESUME_KEYS = ("model", "data", "tokenizer", "base_tokenizer", "stage", "vocab", "embeddings", "lora_r", "lora_alpha",
+               "lora_dropout", "lora_targets", "lr", "weight_decay", "warmup_ratio", "micro_batch_size", "grad_accum",
+               "epochs", "max_steps", "seed", "router_aux_loss_coef")
+
+
+def run_identity(cfg: RunConfig, world: int) -> dict:
+    return {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "world_size": world}
+
+
+def _aux_loss(router_logits, config, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Mixtral's load-balancing loss over real tokens only: the model is run without an attention mask (packed
+    examples are separated by position ids), so its own `aux_loss` would count right padding as routed tokens."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    mask = attention_mask.to(device) if attention_mask is not None else None
+    return load_balancing_loss_func(router_logits, config.num_local_experts, config.num_experts_per_tok, mask)
+
+
+def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum over ranks; NCCL reduces only tensors on the GPU, gloo those on the CPU."""
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = t.to(on)
+    dist.all_reduce(t)
+    return t.cpu()
+
+
 def find_checkpoint(cfg: RunConfig) -> Path | None:
     if not cfg.resume:
+        if any((Path(cfg.output_dir) / CKPT_DIR).glob("step-*/state.json")):
+            raise InputError(cfg.output_dir, None, "this output folder holds checkpoints of an earlier run",
+                             "continue it with --resume auto, or give a new --output-dir")
         return None
     if cfg.resume != "auto":
         ck = Path(cfg.resume)
@@ -104,7 +134,14 @@ def find_checkpoint(cfg: RunConfig) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(ck: Path, model, opt, sched, rank: int) -> dict:
+def load_checkpoint(ck: Path, model, opt, sched, rank: int, identity: dict) -> dict:
+    state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    saved_id = state.get("run", {})
+    differ = sorted(k for k in identity if saved_id.get(k) != identity[k])
+    if differ:
+        raise InputError(ck, None, "this checkpoint belongs to a run with other settings: "
+                         + ", ".join(f"{k} {saved_id.get(k)!r} → {identity[k]!r}" for k in differ[:6]),
+                         hint="resume with the run's own settings (its run.toml), or start in a new --output-dir")
     params = _trainable(model)
     saved = torch.load(ck / "trainable.pt", map_location="cpu")
     if set(saved) != set(params):
@@ -119,7 +156,7 @@ def load_checkpoint(ck: Path, model, opt, sched, rank: int) -> dict:
     rng = ck / f"rng-{rank}.pt"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False))
-    return json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    return state
 
 
 def _keep_log_until(log: Path, step: int) -> None:
@@ -158,6 +195,12 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     ds = open_packed(cfg.data, "train")
     tok_sha = check_dataset(ds, cfg.data, tok_dir, cfg.stage)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    ck = find_checkpoint(cfg)  # before the (long) model load: a stale folder is refused at once
+    if cfg.vocab == "orig":
+        rows = AutoConfig.from_pretrained(cfg.model).get_text_config().vocab_size
+        if len(tokenizer) > rows:
+            raise InputError(tok_dir, None, f"the tokenizer has {len(tokenizer):,} tokens but the model only {rows:,} rows",
+                             hint="an extended tokenizer needs --vocab ext --tokenizer DIR")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = lambda idx: collate_packed([ds[i] for i in idx], pad_id=pad_id)  # noqa: E731
 
@@ -195,10 +238,10 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     per_epoch = micro_batches_per_epoch(len(ds), cfg.micro_batch_size, world)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
-    state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0}
-    ck = find_checkpoint(cfg)
+    identity = run_identity(cfg, world)
+    state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0, "run": identity}
     if ck is not None:
-        state = load_checkpoint(ck, pm, opt, sched, rank)
+        state = load_checkpoint(ck, pm, opt, sched, rank, identity)
     net = pm
     if world > 1:
         net = DistributedDataParallel(pm, device_ids=[device.index] if device.type == "cuda" else None,
@@ -224,7 +267,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                                sum(_n_tokens(b) for b in micro_batches),
                                sum(_n_chars(tokenizer, b) for b in micro_batches)], dtype=torch.float64)
         if world > 1:
-            dist.all_reduce(counts)
+            counts = _all_reduce(counts, device)
         n_items = max(1, int(counts[0]))
         sums = torch.zeros(2, dtype=torch.float64)  # this rank's share of the LM loss; its mean aux loss
         for micro, batch in enumerate(micro_batches):
@@ -235,12 +278,13 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                 with autocast:
                     o = net(**inputs)
                 lm = loss_fn(o.logits, labels, vocab_size=o.logits.shape[-1], num_items_in_batch=n_items)
-                aux = o.aux_loss / cfg.grad_accum if coef > 0 else torch.zeros((), device=device)
+                aux = (_aux_loss(o.router_logits, pm.config, batch.get("attention_mask"), device) / cfg.grad_accum
+                       if coef > 0 else torch.zeros((), device=device))
                 # DDP averages gradients over ranks: scale the LM share back up to the global token mean.
                 (lm * world + coef * aux).backward()
             sums += torch.tensor([lm.item(), float(aux.detach())], dtype=torch.float64)
         if world > 1:
-            dist.all_reduce(sums)
+            sums = _all_reduce(sums, device)
             sums[1] /= world
         tokens, chars = int(counts[1]), int(counts[2])
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))

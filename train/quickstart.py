@@ -154,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
         common.append("--no-gradient-checkpointing")  # the demonstration model is small: recomputation only costs time
     runs = {"orig": d["runs"] / "orig", "ext": d["runs"] / "ext"}
     for v in ("orig", "ext"):
-        extra = [] if v == "orig" else ["--tokenizer", str(d["tok-ext"]), "--base-tokenizer", str(d["tok-orig"])]
+        # always the tokenizer the data was packed with (a downloaded model's own tokenizer.json differs in bytes)
+        extra = (["--tokenizer", str(d["tok-orig"])] if v == "orig"
+                 else ["--tokenizer", str(d["tok-ext"]), "--base-tokenizer", str(d["tok-orig"])])
         cmd = ["train", "run", *common, "--data", str(d[f"packed-{v}"]), "--vocab", v, *extra, "--output-dir", str(runs[v])]
         chain.stage(f"train ({v} vocabulary, one pass over the same text)", _cli(train_main, cmd[1:]), cmd)
     for v in ("orig", "ext"):
