@@ -31,3 +31,12 @@ def test_manifest_refuses_counts_that_do_not_add_up(tmp_path):
     m.counts.dropped["too_short"] = 3
     with pytest.raises(AssertionError, match="source 'a'"):
         m.write(tmp_path)
+
+
+def test_cli_params_are_plain_json_values():
+    import argparse
+    from pathlib import Path
+
+    from zhdata.manifest import cli_params
+    args = argparse.Namespace(corpus=[Path("a"), "b"], add=3, ratio=0.5, flag=True, out=Path("o"), none=None, func=print)
+    assert cli_params(args) == {"corpus": ["a", "b"], "add": 3, "ratio": 0.5, "flag": True, "out": "o", "none": None}

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from zhdata.errors import InputError
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .corpus import sample_texts
 from .parity import compare
@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     texts = sample_texts(args.corpus, args.max_chars, args.text_field) if args.corpus else []
     res = audit(args.tokenizer, texts, args.model)
     if args.out:
-        m = Manifest("tokenizer audit", {k: (v if isinstance(v, (int, str, type(None))) else [str(x) for x in v])
-                                          for k, v in vars(args).items() if k != "func"})
+        m = Manifest("tokenizer audit", cli_params(args))
         m.add_inputs([model_path(args.tokenizer)])
         m.counts.records_in = m.counts.records_out = len(texts)
         m.extra["audit"] = res

@@ -21,7 +21,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from tqdm import tqdm
 
 from zhdata.errors import InputError
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .spm import MODEL_FILE, NORMAL, SPACE, USER_DEFINED, load_proto, model_path, processor
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir, tok_dir, out = Path(args.model), Path(args.tokenizer), Path(args.out)
     base_tok = Path(args.base_tokenizer) if args.base_tokenizer else model_dir
-    m = Manifest("tokenizer init-embeddings", {k: str(v) for k, v in vars(args).items() if k != "func"})
+    m = Manifest("tokenizer init-embeddings", cli_params(args))
     m.add_inputs([model_path(base_tok), model_path(tok_dir)])
     if not (model_dir / "config.json").exists():
         raise InputError(model_dir, None, "no config.json: not a Hugging Face model folder", "give the folder save_pretrained wrote")

@@ -32,7 +32,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .convert import write_hf_folder
 from .corpus import CJK_RE, has_cjk, sample_texts
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("tokenizer extend", None, f"--add must be positive, not {args.add}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = {k: (v if isinstance(v, (int, float, str, type(None))) else [str(x) for x in v]) for k, v in vars(args).items() if k != "func"}
+    params = cli_params(args)
     m = Manifest("tokenizer extend", params)
     base_file = model_path(args.base)
     base = load_proto(base_file)

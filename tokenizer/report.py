@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zhdata.errors import InputError
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .corpus import sample_texts
 from .spm import BYTE, UNKNOWN, load_proto, model_path, processor
@@ -125,8 +125,7 @@ def chart(result: dict, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    m = Manifest("tokenizer report", {k: (v if isinstance(v, (int, float, str, type(None))) else [str(x) for x in v])
-                                       for k, v in vars(args).items() if k != "func"})
+    m = Manifest("tokenizer report", cli_params(args))
     encs = [load_encoder(s) for s in args.tokenizer]
     if len({e.name for e in encs}) != len(encs):
         raise InputError("--tokenizer", None, "two tokenizers have the same name", "name them: --tokenizer NAME=PATH")

@@ -17,7 +17,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest, cli_params, file_sha256
 from zhdata.readers import expand_inputs, iter_records
 
 from .convert import write_hf_folder
@@ -111,8 +111,7 @@ def train_bpe(text_file: Path, prefix: Path, vocab_size: int, character_coverage
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    m = Manifest("tokenizer train", {k: (v if isinstance(v, (int, float, str, type(None))) else [str(x) for x in v])
-                                      for k, v in vars(args).items() if k != "func"})
+    m = Manifest("tokenizer train", cli_params(args))
     policy = ErrorPolicy(args.on_error)
     t0 = time.time()
     with tempfile.TemporaryDirectory(dir=out) as tmp:

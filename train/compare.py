@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zhdata.errors import ErrorPolicy, InputError
-from zhdata.manifest import Manifest, read_manifest
+from zhdata.manifest import Manifest, cli_params, read_manifest
 from zhdata.readers import iter_records
 
 from .plots import lines
@@ -190,7 +190,7 @@ def build_report(orig: dict[str, Any], ext: dict[str, Any], out: Path) -> Report
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    man = Manifest("train compare", {k: v for k, v in vars(args).items() if k != "func"})
+    man = Manifest("train compare", cli_params(args))
     orig = read_run(args.run_orig, args.eval_orig, args.labels[0])
     ext = read_run(args.run_ext, args.eval_ext, args.labels[1])
     man.add_inputs([Path(f) for r in (orig, ext) for f in r["files"]])

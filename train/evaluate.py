@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from . import mc
 from .evaldata import parse_sets, read_texts
@@ -143,7 +143,7 @@ def run_ctx_ppl(model: Any, tok: Any, args: argparse.Namespace, man: Manifest, o
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    man = Manifest("train eval", {k: v for k, v in vars(args).items() if k != "func"})
+    man = Manifest("train eval", cli_params(args))
     model, tok = load_model(args.model, args.device)
     tok_sha = tokenizer_sha256(tok)
     man.extra["model"] = {"path": str(args.model), "tokenizer_sha256": tok_sha, "vocab_size": len(tok)}

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 
 from zhdata.errors import ErrorPolicy, InputError
-from zhdata.manifest import Manifest
+from zhdata.manifest import Manifest, cli_params
 
 from .evaldata import parse_sets, read_texts
 from .plots import heatmap
@@ -165,7 +165,7 @@ def _markdown(res: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    man = Manifest("train experts", {k: v for k, v in vars(args).items() if k != "func"})
+    man = Manifest("train experts", cli_params(args))
     model, tok = load_model(args.model, args.device)
     probe = RouterProbe(model)
     window = model_window(model, args.window)

@@ -24,7 +24,7 @@ from typing import Callable
 import polars as pl
 
 from zhdata.errors import InputError
-from zhdata.manifest import Manifest
+from zhdata.manifest import Manifest, cli_params
 from zhdata.readers import expand_inputs
 
 from .demo_model import make_demo_model
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         for p in d.values():
             shutil.rmtree(p, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    man = Manifest("train quickstart", {k: v for k, v in vars(args).items() if k != "func"})
+    man = Manifest("train quickstart", cli_params(args))
     started = time.perf_counter()
     chain = Chain(out, 12 + (1 if args.model is None else 0))
     inputs = ["--sample"] if not args.input else [str(p) for p in expand_inputs(args.input)]

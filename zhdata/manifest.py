@@ -73,6 +73,18 @@ def describe_input(path: str | Path) -> dict[str, Any]:
     return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)}
 
 
+def cli_params(args: Any) -> dict[str, Any]:
+    """A command's parsed arguments as manifest parameters (paths and other objects as strings)."""
+    def plain(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v)
+
+    return {k: plain(v) for k, v in vars(args).items() if k != "func"}
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _VERSIONED:

@@ -223,23 +223,17 @@ class Cleaner:
         reasons = ["ends_without_assistant" if k == len(v.messages) else "role_order" for v, k in zip(convs, first)]
         return cls._cut_at_first(convs, first, reasons, dropped, modified)
 
-    @staticmethod
-    def _limit(convs, sizes, base, limit, reason, dropped, modified) -> list[Conversation]:
+    @classmethod
+    def _limit(cls, convs, sizes, base, limit, reason, dropped, modified) -> list[Conversation]:
         """Keep the longest prefix of whole exchanges within `limit`; drop when even the first exchange is over."""
-        kept = []
-        for v, turn_sizes, b in zip(convs, sizes, base):
+        first = []
+        for turn_sizes, b in zip(sizes, base):
             total, k = b, 0
             while k < len(turn_sizes) and total + turn_sizes[k] <= limit:
                 total += turn_sizes[k]
                 k += 1
-            if k < len(turn_sizes):
-                v.messages = _cut(v.messages, k)
-                if not v.messages:
-                    dropped[reason] += 1
-                    continue
-                modified[f"{reason}_cut"] += 1
-            kept.append(v)
-        return kept
+            first.append(k if k < len(turn_sizes) else None)
+        return cls._cut_at_first(convs, first, reason, dropped, modified)
 
     def _token_counts(self, convs) -> list[list[int]]:
         s, where = self._flat(convs, None)
