@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from zhdata.errors import InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .corpus import sample_texts
@@ -120,6 +121,7 @@ def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Pa
     return result
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     texts = sample_texts(args.corpus, args.max_chars, args.text_field) if args.corpus else []
     res = audit(args.tokenizer, texts, args.model)

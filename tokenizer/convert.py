@@ -19,6 +19,7 @@ from tokenizers.models import BPE
 from transformers.convert_slow_tokenizer import generate_merges
 
 from zhdata.errors import InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, file_sha256
 
 from .spm import BYTE, CONTROL, MODEL_FILE, SPACE, UNKNOWN, USER_DEFINED, is_bpe, load_proto, model_path, save_proto
@@ -127,6 +128,7 @@ def convert_sentencepiece(model_file: str | Path, out_dir: str | Path) -> Path:
     return write_hf_folder(load_proto(model_file), out_dir, source=model_path(model_file))
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     src = model_path(args.base)
     m = Manifest("tokenizer convert", {"base": str(args.base), "out": str(args.out)})

@@ -21,6 +21,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from tqdm import tqdm
 
 from zhdata.errors import InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .spm import MODEL_FILE, NORMAL, SPACE, USER_DEFINED, load_proto, model_path, processor
@@ -115,6 +116,7 @@ def resize_and_init(model, base_tokenizer: str | Path, new_tokenizer: str | Path
     return summary
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 

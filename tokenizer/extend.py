@@ -32,6 +32,7 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .convert import write_hf_folder
@@ -212,6 +213,7 @@ def extend(base: pb.ModelProto, pool: list[str], n: int, out: str | Path, check_
     return proto, sel, checks
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     if (args.corpus is None) == (args.pieces is None):
         raise InputError("tokenizer extend", None, "give either --corpus (train Chinese pieces) or --pieces MODEL",

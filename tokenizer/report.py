@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zhdata.errors import InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from .corpus import sample_texts
@@ -122,6 +123,7 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
 from zhdata.readers import expand_inputs, iter_records
 
@@ -108,6 +109,7 @@ def train_bpe(text_file: Path, prefix: Path, vocab_size: int, character_coverage
     return prefix.with_suffix(".model")
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

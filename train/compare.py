@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zhdata.errors import ErrorPolicy, InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, read_manifest
 from zhdata.readers import iter_records
 
@@ -187,6 +188,7 @@ def build_report(orig: dict[str, Any], ext: dict[str, Any], out: Path) -> Report
     return rep
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

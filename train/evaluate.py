@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
 
 from . import mc
@@ -140,6 +141,7 @@ def run_ctx_ppl(model: Any, tok: Any, args: argparse.Namespace, man: Manifest, o
     return {"lengths": lengths, "rows": sum(len(r) for r in res["sets"].values())}
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

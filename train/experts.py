@@ -26,6 +26,7 @@ from tqdm import tqdm
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 
 from zhdata.errors import ErrorPolicy, InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
 
 from .evaldata import parse_sets, read_texts
@@ -162,6 +163,7 @@ def _markdown(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

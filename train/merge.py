@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, read_manifest
 
 from .loop import _copy_tokenizer
@@ -35,6 +36,7 @@ def merge(run_dir: Path, out_dir: Path, dtype: str = "bf16", progress: bool = Tr
     return manifest.to_dict()
 
 
+@locked_output("output")
 def run(args: argparse.Namespace) -> int:
     m = merge(Path(args.run_dir), Path(args.output), args.dtype, progress=not args.quiet)
     print(f"train merge: {m['model']['parameters']:,} "

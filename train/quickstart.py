@@ -24,6 +24,7 @@ from typing import Callable
 import polars as pl
 
 from zhdata.errors import InputError
+from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
 from zhdata.readers import expand_inputs
 
@@ -103,6 +104,7 @@ def _cli(main: Callable[[list[str]], int], argv: list[str]) -> Callable[[], int]
     return call
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     from tokenizer.cli import main as tok_main
     from zhdata.cli import main as zh_main

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
+
+from zhdata.lock import output_lock
 
 from .config import add_arguments, resolve
 from .loop import train
@@ -23,9 +26,11 @@ characters/s per step."""
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
-    result = train(cfg, progress=not args.quiet)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with output_lock(cfg.output_dir) if rank0 else nullcontext():  # rank 0 writes the folder
+        result = train(cfg, progress=not args.quiet)
     t = result["train"]
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank0:
         print(f"train run: {t['steps']}/{t['total_steps']} steps, {t['tokens']:,} tokens, last lm_loss "
               f"{(t['last'] or {}).get('lm_loss', float('nan')):.4f} -> {cfg.output_dir}")
     return 0

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .errors import ErrorPolicy, InputError
 from .filters import FILTERS, Filters, read_blocklist
+from .lock import locked_output
 from .manifest import Counts, Manifest
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .readers import Piece, expand_inputs, iter_records, plan_pieces
@@ -225,6 +226,7 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
     return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error)
 
 
+@locked_output("output")
 def cmd_clean(a: argparse.Namespace) -> int:
     inputs = list(a.inputs) + ([str(sample_path())] if a.sample else [])
     if not inputs:

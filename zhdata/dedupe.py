@@ -20,6 +20,7 @@ import polars as pl
 from tqdm import tqdm
 
 from .errors import InputError
+from .lock import locked_output
 from .lsh import LSHIndex, UnionFind, band_keys
 from .manifest import Counts, Manifest, file_sha256
 from .minhash import optimal_bands, signatures
@@ -239,6 +240,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_dedupe)
 
 
+@locked_output("output")
 def cmd_dedupe(a: argparse.Namespace) -> int:
     if not 0 < a.threshold <= 1:
         raise InputError("(command line)", None, f"--threshold {a.threshold} is not in (0, 1]")

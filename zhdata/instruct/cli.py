@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..lock import locked_output
 from ..manifest import Manifest
 from ..normalize import OPENCC_MODES
 from ..readers import expand_inputs, split_compression
@@ -107,6 +108,7 @@ def _sources(args: argparse.Namespace, o: dict[str, Any]) -> list[Source]:
     return list(by_name.values())
 
 
+@locked_output("output")
 def main(args: argparse.Namespace) -> int:
     recipe = None
     if args.recipe:

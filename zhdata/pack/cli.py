@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..lock import locked_output
+
 
 def _fraction(v: str) -> float:
     x = float(v)
@@ -19,6 +21,7 @@ def _block(v: str) -> int:
     return n
 
 
+@locked_output("out")
 def run(args: argparse.Namespace) -> int:
     from .packer import PackOptions, pack  # imported here: transformers' template engine loads slowly
 
