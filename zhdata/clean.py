@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from .errors import ErrorPolicy, InputError
 from .filters import FILTERS, Filters, read_blocklist
 from .lock import locked_output
 from .manifest import Counts, Manifest
+from .markup import HTML_MODES, Markup
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .readers import Piece, expand_inputs, iter_records, plan_pieces
 from .shards import ShardState, parallel_map
@@ -39,6 +40,7 @@ class CleanOptions:
     normalizer: Normalizer = Normalizer()
     filters: Filters = Filters()
     on_error: str = "stop"
+    markup: Markup = Markup()
 
 
 def sample_path() -> Path:
@@ -78,8 +80,13 @@ def read_piece(piece: Piece, opts: CleanOptions, policy: ErrorPolicy) -> pl.Data
 
 
 def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.Series, dict[str, int], dict[str, int]]:
-    """The pure batch step: (normalised frame, drop reason per row or null, modified per step, failures per filter alone)."""
-    text, modified = opts.normalizer.apply(df["text"])
+    """The pure batch step: (normalised frame, drop reason per row or null, modified per step, failures per filter alone).
+
+    Markup goes to text first, on the raw documents; `--html keep` also keeps the normaliser off the tags."""
+    text, _, modified = opts.markup.apply(df["text"])
+    norm = opts.normalizer if opts.markup.html != "keep" else replace(opts.normalizer, html=False)
+    text, changed = norm.apply(text)
+    modified.update(changed)
     df = df.with_columns(text=text)
     reason, alone = opts.filters.reasons(text)
     return df, reason, modified, alone
@@ -118,7 +125,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     # size and mtime: a changed input file is a different run, never resumed over stale shards
     params = {"inputs": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
               "text_field": opts.text_field, "text_unit": opts.text_unit,
-              "format": opts.fmt, "keep_fields": list(opts.keep_fields), "normalize": opts.normalizer.params(),
+              "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(), "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
     manifest.add_inputs(files)
@@ -171,12 +178,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "clean", help="normalise and quality-filter raw Chinese text into Parquet shards",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Normalise (OpenCC, Unicode, control/ANSI/HTML noise, full-width letters and digits, whitespace) and\n"
+        description="Turn markup into text (HTML main text, man/roff, wiki, Markdown; detected per document), normalise\n"
+        "(OpenCC, Unicode, control/ANSI/HTML noise, full-width letters and digits, whitespace) and\n"
         "filter (length, Chinese ratio, line length, repeated n-grams, blocklist) documents from JSONL, JSON,\n"
         "Parquet or text files (optionally .gz/.zst/.xz), streaming a piece at a time on all workers.\n\n"
         "examples:\n  zhdata clean --sample -o out/clean\n"
         "  zhdata clean corpus/ -o out/clean --workers 16 --convert tw2sp\n"
         "  zhdata clean corpus/ --stats            # what each filter would do; writes nothing\n"
+        "  zhdata clean pages/ -o out/clean --html text --no-markdown   # tags stripped, not main text; Markdown kept\n"
         "A re-run with the same inputs and options skips finished shards.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders of .jsonl/.json/.parquet/.txt (optionally compressed)")
@@ -190,11 +199,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keep-fields", default="", help="comma-separated input fields to keep as metadata columns")
     g.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                    help="bad records (malformed JSON, invalid UTF-8, missing or non-string text): stop with an error (default) or count and skip")
+    g = p.add_argument_group("markup to text (detected per document, counted as modified: markup_KIND)")
+    g.add_argument("--html", choices=HTML_MODES, default="main",
+                   help="HTML pages: main = main text only (navigation, footers, scripts left out; default), "
+                   "text = all text, tags stripped, keep = leave HTML as it is")
+    for kind, what in (("roff", "man/roff source (.TH/.SH requests, \\fB escapes)"), ("wiki", "MediaWiki markup ([[links]], {{templates}})"),
+                       ("markdown", "Markdown (headings, emphasis, links, fences; code kept as text)")):
+        g.add_argument(f"--no-{kind}", action="store_true", help=f"keep {what} as it is")
     g = p.add_argument_group("normalisation (each step can be switched off)")
     g.add_argument("--convert", default="t2s", choices=OPENCC_MODES,
                    help="OpenCC conversion (default t2s; tw2sp also converts Taiwan phrasing; none to keep the script)")
     for step in STEPS[1:]:
-        g.add_argument(f"--no-{step}", action="store_true", help=f"skip the {step} step")
+        if step != "html":  # tag stripping is --html text/main; --html keep switches it off
+            g.add_argument(f"--no-{step}", action="store_true", help=f"skip the {step} step")
     g = p.add_argument_group("filters (0 switches a filter off)")
     d = Filters()
     g.add_argument("--min-chars", type=int, default=d.min_chars, help=f"drop shorter documents (default {d.min_chars})")
@@ -217,13 +234,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(a: argparse.Namespace) -> CleanOptions:
-    norm = Normalizer(convert=a.convert, **{s: not getattr(a, f"no_{s}") for s in STEPS[1:]})
+    norm = Normalizer(convert=a.convert, **{s: not getattr(a, f"no_{s}") for s in STEPS[1:] if s != "html"})
+    markup = Markup(html=a.html, roff=not a.no_roff, wiki=not a.no_wiki, markdown=not a.no_markdown)
     filt = Filters(min_chars=a.min_chars or None, max_chars=a.max_chars or None,
                    min_chinese_ratio=a.min_chinese_ratio or None, min_avg_line_chars=a.min_avg_line_chars or None,
                    max_dup_ngram_frac=a.max_dup_ngram_frac or None, dup_ngram=a.dup_ngram,
                    blocklist=read_blocklist(a.blocklist) if a.blocklist else (), max_block_per_line=a.max_block_per_line)
     keep = tuple(k for k in a.keep_fields.split(",") if k)
-    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error)
+    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup)
 
 
 @locked_output("output")

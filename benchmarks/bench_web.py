@@ -1,0 +1,173 @@
+"""Benchmarks of the web-text steps of `zhdata clean` (issue 14). Sub-commands:
+
+    python benchmarks/bench_web.py html  --corpus ../shared/corpus/zh   # resiliparse vs trafilatura: speed, quality
+    python benchmarks/bench_web.py steps --corpus ../shared/corpus/zh   # MB/s per core of each step of clean_frame
+
+`html` also needs `pip install trafilatura lxml_html_clean` (the comparison). Pages for `html` are built here: real Chinese Wikipedia paragraphs (the main text) inside five page layouts
+with navigation, sidebars, advertising, comments, footers, scripts and styles (the boilerplate). Quality is
+main-text recall (share of main paragraphs found in the output) and boilerplate leakage (share of boilerplate
+snippets found in it). Per-core: one process, POLARS_MAX_THREADS=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")
+import polars as pl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zhdata.readers import expand_inputs, iter_records  # noqa: E402
+
+_LAYOUTS = [
+    # news: semantic tags
+    "<!DOCTYPE html><html><head><title>{title}</title><style>.nav a{{margin:2px}}</style>{script}</head><body>"
+    "<header><nav>{nav}</nav></header><main><article><h1>{title}</h1><p class='meta'>{meta}</p>{paras}</article>"
+    "<aside><h3>热门排行</h3><ul>{side}</ul><div class='ad'>{ad}</div></aside></main>"
+    "<section class='comments'><h3>网友评论</h3>{comments}</section><footer>{footer}</footer>{script}</body></html>",
+    # blog: div soup, content in a class-named div
+    "<html><head><meta charset='utf-8'><title>{title}</title>{script}</head><body><div id='top'>{nav}</div>"
+    "<div class='wrap'><div class='left'><div class='post-title'>{title}</div><div class='content'>{paras}</div>"
+    "<div class='cmt'>{comments}</div></div><div class='right'><ul>{side}</ul><p>{ad}</p></div></div>"
+    "<div id='foot'>{footer}</div></body></html>",
+    # forum: table layout, content in a td
+    "<html><body><table width='100%'><tr><td colspan='2'>{nav}</td></tr><tr><td class='userinfo'>楼主 {meta}</td>"
+    "<td class='postbody'><h2>{title}</h2>{paras}</td></tr><tr><td colspan='2'>{comments}</td></tr>"
+    "<tr><td>{side}</td><td>{ad}</td></tr></table><div>{footer}</div>{script}</body></html>",
+    # portal: content between two long link lists
+    "<!doctype html><html><body><div class='header'>{nav}</div><div class='links'><ul>{side}</ul></div>"
+    "<div class='main'><h1>{title}</h1><div class='info'>{meta}</div><div class='text'>{paras}</div></div>"
+    "<div class='links'><ul>{side}</ul></div><div class='ad'>{ad}</div><div class='footer'>{footer}</div>{script}</body></html>",
+    # fragment: no html/body, a CMS export
+    "<div class='article'><h2>{title}</h2>{paras}</div><div class='related'><ul>{side}</ul></div><p>{footer}</p>",
+]
+_NAV = ["首页", "新闻", "体育", "财经", "科技", "娱乐", "汽车", "房产", "登录", "注册"]
+_AD = ["广告：点击领取新人优惠券，满一百减二十", "扫码下载客户端，阅读更多精彩内容", "本站招聘编辑若干名，待遇从优"]
+_FOOTER = ["版权所有 © 2023 示例网 京ICP备00000000号", "关于我们 | 联系我们 | 隐私政策 | 网站地图"]
+_COMMENTS = ["请登录后发表评论", "说得太对了，支持一下！", "楼主辛苦了，收藏备用。"]
+
+
+def build_pages(paragraphs: list[str], n: int, seed: int = 0) -> list[dict]:
+    """`n` pages, each with its main paragraphs and its boilerplate snippets."""
+    rng = random.Random(seed)
+    pages = []
+    for i in range(n):
+        main = [rng.choice(paragraphs) for _ in range(rng.randint(3, 6))]
+        heads = [rng.choice(paragraphs)[:16] for _ in range(8)]
+        ad, footer, comment = rng.choice(_AD), rng.choice(_FOOTER), rng.choice(_COMMENTS)
+        html = _LAYOUTS[i % len(_LAYOUTS)].format(
+            title=main[0][:20], meta="发布时间：2023-10-01 来源：示例网",
+            nav="".join(f"<a href='/{k}'>{w}</a>" for k, w in enumerate(_NAV)),
+            paras="".join(f"<p>{p}</p>" for p in main), side="".join(f"<li><a href='/a/{k}'>{h}</a></li>" for k, h in enumerate(heads)),
+            ad=ad, comments="".join(f"<p>{c}</p>" for c in _COMMENTS), footer=footer,
+            script="<script>var _hmt=_hmt||[];(function(){var hm=document.createElement('script');})();</script>")
+        pages.append({"html": html, "main": main, "boiler": [ad, footer, comment, *heads[:4]], "layout": i % len(_LAYOUTS)})
+    return pages
+
+
+def _squash(s: str) -> str:
+    return re.sub(r"\s+", "", s)
+
+
+def score(outputs: list[str | None], pages: list[dict]) -> dict:
+    found = total = leak = bt = 0
+    for out, pg in zip(outputs, pages):
+        o = _squash(out or "")
+        found += sum(_squash(p) in o for p in pg["main"])
+        total += len(pg["main"])
+        leak += sum(_squash(b) in o for b in pg["boiler"])
+        bt += len(pg["boiler"])
+    return {"main_recall": round(found / total, 3), "boilerplate_leak": round(leak / bt, 3)}
+
+
+def bench_html(a: argparse.Namespace) -> dict:
+    paras = [r["text"] for f in expand_inputs([a.corpus]) if "cmrc2018" in f.name for _, r in iter_records(f)]
+    pages = build_pages([p for p in paras if len(p) > 80], a.pages)
+    html = [p["html"] for p in pages]
+    size = sum(len(h.encode()) for h in html) / 1e6
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+    import trafilatura
+    from zhdata.markup import html_main_text
+    from zhdata.normalize import Normalizer
+
+    tools = {
+        "resiliparse main_content (zhdata --html main)": html_main_text,
+        "resiliparse, no main-content heuristics": lambda d: [extract_plain_text(HTMLTree.parse(x)) for x in d],
+        "trafilatura.extract (defaults)": lambda d: [trafilatura.extract(x) for x in d],
+        "trafilatura.extract(favor_precision=True)": lambda d: [trafilatura.extract(x, favor_precision=True) for x in d],
+        "tag stripping (zhdata --html text)": lambda d: Normalizer(convert="none").apply(pl.Series(d))[0].to_list(),
+    }
+    res = {"pages": len(pages), "MB": round(size, 2)}
+    for name, fn in tools.items():
+        t = time.process_time()
+        out = fn(html)
+        dt = time.process_time() - t
+        res[name] = {"MB/s": round(size / dt, 2), "pages/s": round(len(html) / dt), **score(out, pages),
+                     "per_layout_recall": [score([o for o, p in zip(out, pages) if p["layout"] == k],
+                                                 [p for p in pages if p["layout"] == k])["main_recall"] for k in range(len(_LAYOUTS))]}
+    return res
+
+
+def _corpus_batches(corpus: str, limit_mb: float | None, batch: int = 20_000) -> list[pl.Series]:
+    texts, size = [], 0
+    for f in expand_inputs([corpus]):
+        for _, r in iter_records(f):
+            texts.append(r["text"])
+            size += len(r["text"].encode())
+        if limit_mb and size > limit_mb * 1e6:
+            break
+    return [pl.Series(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+
+
+def _rate(fn, batches: list[pl.Series], repeat: int = 2) -> float:
+    """MB/s per core of `fn` over the batches, the best of `repeat` runs (process time)."""
+    size = sum(int(b.str.len_bytes().sum()) for b in batches) / 1e6
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        for b in batches:
+            fn(b)
+        best = min(best, time.process_time() - t)
+    return round(size / best, 1)
+
+
+def bench_steps(a: argparse.Namespace) -> dict:
+    from zhdata.clean import CleanOptions, clean_frame
+    from zhdata.markup import Markup
+
+    batches = _corpus_batches(a.corpus, a.limit_mb)
+    fx = [(ROOT / "tests/fixtures/web" / n).read_text(encoding="utf-8") for n in ("ls.1.zh.roff", "guide.md", "article.wiki", "news.html")]
+    web = [pl.Series(fx[i % 4] for i in range(2000))]
+    frame = lambda b: pl.DataFrame({"id": pl.Series(range(len(b))).cast(pl.String), "text": b})  # noqa: E731
+    off = Markup(html="text", roff=False, wiki=False, markdown=False)
+    res = {"MB": round(sum(int(b.str.len_bytes().sum()) for b in batches) / 1e6, 1)}
+    for name, opts in {"clean_frame, markup off (the old default)": CleanOptions(markup=off),
+                       "clean_frame, default (markup on)": CleanOptions()}.items():
+        res[name] = _rate(lambda b: clean_frame(frame(b), opts), batches)
+    res["markup step alone (detection on plain corpus text)"] = _rate(lambda b: Markup().apply(b), batches)
+    res["markup step alone on the four web fixtures (roff/md/wiki/html x 500)"] = _rate(lambda b: Markup().apply(b), web)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["html", "steps"])
+    p.add_argument("--limit-mb", type=float, default=None, help="steps: only the first N MB of the corpus")
+    p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
+    p.add_argument("--pages", type=int, default=1000)
+    a = p.parse_args()
+    print(json.dumps({"html": bench_html, "steps": bench_steps}[a.what](a), ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    main()
