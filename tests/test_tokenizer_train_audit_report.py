@@ -54,7 +54,7 @@ def test_train_rejects_text_without_chinese(tmp_path, capsys):
     assert "almost no Chinese" in capsys.readouterr().err
     assert main(["train", "--corpus", str(TEXT / "zh_laws.jsonl"), "--text-field", "body", "--vocab-size", "500",
                  "-o", str(tmp_path / "y")]) == 2
-    assert "no 'body' field" in capsys.readouterr().err
+    assert "no field 'body'" in capsys.readouterr().err
     assert main(["train", "--corpus", str(TEXT / "zh_laws.jsonl"), "--vocab-size", "1000", "-o", str(tmp_path / "z")]) == 2
     assert "raise --vocab-size or lower --character-coverage" in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from zhdata.errors import InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.readers import add_read_options, read_options
 
 from .corpus import sample_texts
 from .parity import compare
@@ -123,7 +124,7 @@ def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Pa
 
 @locked_output("out")
 def run(args: argparse.Namespace) -> int:
-    texts = sample_texts(args.corpus, args.max_chars, args.text_field) if args.corpus else []
+    texts = sample_texts(args.corpus, args.max_chars, args.text_field, read_options(args)) if args.corpus else []
     res = audit(args.tokenizer, texts, args.model)
     if args.out:
         m = Manifest("tokenizer audit", cli_params(args))
@@ -160,6 +161,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", nargs="+", help="text for the parity check")
     p.add_argument("--max-chars", type=int, default=1_000_000, help="characters of --corpus to check (default 1M)")
     p.add_argument("--text-field", default="text", help="field holding the text (default text)")
+    add_read_options(p)
     p.add_argument("--model", help="Hugging Face model folder whose vocab_size must fit the tokenizer")
     p.add_argument("-o", "--out", help="write audit.json and manifest.json here")
     p.set_defaults(func=run)

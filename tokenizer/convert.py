@@ -21,6 +21,7 @@ from transformers.convert_slow_tokenizer import generate_merges
 from zhdata.errors import InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, file_sha256
+from zhdata.readers import add_read_options, read_options
 
 from .spm import BYTE, CONTROL, MODEL_FILE, SPACE, UNKNOWN, USER_DEFINED, is_bpe, load_proto, model_path, save_proto
 
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         from .corpus import sample_texts
         from .parity import compare
 
-        texts = sample_texts(args.check, args.check_chars)
+        texts = sample_texts(args.check, args.check_chars, read=read_options(args))
         res = compare(out, texts)
         m.extra["parity"] = res
         m.counts.records_in = m.counts.records_out = res["texts"]
@@ -167,4 +168,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--check", nargs="+", metavar="CORPUS", help="also verify SentencePiece/HF id parity on these corpora")
     p.add_argument("--check-chars", type=int, default=2_000_000, help="characters of --check text to verify (default 2M)")
+    add_read_options(p)
     p.set_defaults(func=run)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.readers import read_options
 
 from .convert import write_hf_folder
 from .corpus import CJK_RE, has_cjk, sample_texts
@@ -234,21 +235,19 @@ def run(args: argparse.Namespace) -> int:
         src_file = model_path(args.pieces)
         m.add_inputs([src_file])
         source = load_proto(src_file)
-        check_texts = sample_texts(args.check_corpus, args.check_chars, args.text_field) if args.check_corpus else []
+        check_texts = sample_texts(args.check_corpus, args.check_chars, args.text_field, read_options(args)) if args.check_corpus else []
     else:
         zh_vocab = args.zh_vocab_size or int(args.add * 1.6) + 4000
         policy = ErrorPolicy(args.on_error)
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             text = Path(tmp) / "train.txt"
-            m.extra["corpus"] = write_training_text(args.corpus, text, args.text_field, args.max_chars, policy, m)
-            m.counts.dropped.update(policy.skipped)
-            m.counts.records_in += sum(policy.skipped.values())
+            m.extra["corpus"] = write_training_text(args.corpus, text, args.text_field, args.max_chars, policy, m, read_options(args))
             print(f"training a {zh_vocab:,}-piece Chinese BPE model on {m.extra['corpus']['chars']:,} characters ...")
             src_file = train_bpe(text, Path(tmp) / "zh", zh_vocab, args.character_coverage, args.max_sentences, args.threads,
                                  source=", ".join(args.corpus), hard_limit=False)
             source = load_proto(src_file)
             (out / "source_pieces.model").write_bytes(src_file.read_bytes())
-        check_texts = sample_texts(args.check_corpus or args.corpus, args.check_chars, args.text_field)
+        check_texts = sample_texts(args.check_corpus or args.corpus, args.check_chars, args.text_field, read_options(args))
     m.extra["source_model"] = {"pieces": len(source.pieces), "seconds": round(time.time() - t0, 2)}
     t1 = time.time()
     proto, sel, checks = extend(base, candidates(source, args.order), args.add, out, check_texts, args.priority,

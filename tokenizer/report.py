@@ -19,6 +19,7 @@ from tqdm import tqdm
 from zhdata.errors import InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.readers import add_read_options, read_options
 
 from .corpus import sample_texts
 from .spm import BYTE, UNKNOWN, load_proto, model_path, processor
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                        "throughput": args.throughput},
               "corpora": {}}
     for cname, paths in corpora.items():
-        texts = sample_texts(paths, args.max_chars, args.text_field)
+        texts = sample_texts(paths, args.max_chars, args.text_field, read_options(args))
         if not any(texts):
             raise InputError(spec, None, "this corpus holds no text", "check the path and --text-field")
         m.source(cname).records_in = m.source(cname).records_out = len(texts)
@@ -184,6 +185,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--max-chars", type=int, default=3_000_000, help="characters per corpus, shared evenly between its files (default 3M)")
     p.add_argument("--text-field", default="text", help="field holding the text (default text)")
+    add_read_options(p)
     p.add_argument("--plan-gb", type=float, default=20.0, help="size of the training corpus to plan for, in GB of text (default 20)")
     p.add_argument("--block-size", type=int, default=1024, help="tokens per training sequence (default 1024)")
     p.add_argument("--global-batch", type=int, default=512, help="sequences per optimiser step (default 512)")

@@ -19,14 +19,16 @@ from tqdm import tqdm
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
-from zhdata.readers import expand_inputs, iter_records
+from zhdata.documents import iter_documents
+from zhdata.readers import ReadOptions, add_read_options, expand_inputs, read_options
 
 from .convert import write_hf_folder
-from .corpus import HAN_RE, record_text
+from .corpus import HAN_RE
 from .spm import MODEL_FILE, load_proto
 
 MAX_LINE = 4000  # characters; SentencePiece drops longer sentences, so long lines are cut at sentence ends
 MIN_HAN_SHARE = 0.05
+MIN_HAN_CHARS = 100
 
 
 def _cut(line: str) -> Iterable[str]:
@@ -42,28 +44,20 @@ def _cut(line: str) -> Iterable[str]:
 
 
 def write_training_text(paths: list[str | Path], dest: Path, field: str = "text", max_chars: int | None = None,
-                        policy: ErrorPolicy | None = None, manifest: Manifest | None = None) -> dict:
+                        policy: ErrorPolicy | None = None, manifest: Manifest | None = None,
+                        read: ReadOptions | None = None) -> dict:
     """One sentence per line for the SentencePiece trainer; checks that the text is Chinese."""
-    files = expand_inputs(paths)
+    policy = policy or ErrorPolicy("stop")
+    files = expand_inputs(paths, policy=policy)
     if manifest is not None:
         manifest.add_inputs(files)
+        manifest.warnings.extend(policy.skipped_files)
     chars = han = lines = records = 0
     with open(dest, "w", encoding="utf-8") as out, tqdm(desc="reading corpus", unit="char", unit_scale=True) as bar:
         for f in files:
-            src = manifest.source(f.name) if manifest is not None else None
-            for where, rec in iter_records(f, policy=policy):
-                records += 1
-                text, reason = record_text(rec, field, f, where, policy)
-                if reason not in (None, "empty_text"):
-                    continue  # a bad record: the policy stopped the run or counted it (added to the manifest in `run`)
-                if src is not None:
-                    src.records_in += 1
-                    if text is None:
-                        src.dropped[reason] += 1
-                    else:
-                        src.records_out += 1
-                if text is None:
-                    continue
+            mark, used = policy.skipped.copy(), 0
+            for _, text, _ in iter_documents(f, field, policy, read):
+                used += 1
                 for raw in text.splitlines():
                     for line in _cut(raw):
                         out.write(line + "\n")
@@ -73,13 +67,23 @@ def write_training_text(paths: list[str | Path], dest: Path, field: str = "text"
                 bar.update(len(text))
                 if max_chars is not None and chars >= max_chars:
                     break
+            dropped = policy.skipped - mark
+            records += used + sum(dropped.values())
+            if manifest is not None:  # bad records are counted here, per source, whatever the policy
+                src = manifest.source(f.name)
+                src.records_in += used + sum(dropped.values())
+                src.records_out += used
+                src.dropped.update(dropped)
             if max_chars is not None and chars >= max_chars:
                 break
-    if chars == 0 or han < MIN_HAN_SHARE * chars or han < 100:
+    where = ", ".join(map(str, paths))
+    if chars == 0 or han < MIN_HAN_SHARE * chars:
         share = han / chars if chars else 0.0
-        raise InputError(", ".join(map(str, paths)), None,
-                         f"the corpus has almost no Chinese ({han:,} Han characters of {chars:,}, {share:.1%})",
+        raise InputError(where, None, f"the corpus has almost no Chinese ({han:,} Han characters of {chars:,}, {share:.1%})",
                          "give Chinese text (a field other than 'text'? use --text-field)")
+    if han < MIN_HAN_CHARS:
+        raise InputError(where, None, f"the corpus is too small: {chars:,} characters, {han:,} of them Han "
+                         f"({han / chars:.1%}); training needs at least {MIN_HAN_CHARS} Han characters", "give more text")
     if manifest is not None:
         for c in manifest.sources.values():
             manifest.counts.merge(c)
@@ -118,14 +122,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         text = Path(tmp) / "train.txt"
-        stats = write_training_text(args.corpus, text, args.text_field, args.max_chars, policy, m)
+        stats = write_training_text(args.corpus, text, args.text_field, args.max_chars, policy, m, read_options(args))
         print(f"training a {args.vocab_size:,}-piece BPE model on {stats['chars']:,} characters ...")
         model = train_bpe(text, Path(tmp) / "zh", args.vocab_size, args.character_coverage, args.max_sentences,
                           args.threads, source=", ".join(args.corpus))
         proto = load_proto(model)
     write_hf_folder(proto, out, source=model)
-    m.counts.dropped.update(policy.skipped)
-    m.counts.records_in += sum(policy.skipped.values())
     m.extra["corpus"] = stats
     m.extra["train_seconds"] = round(time.time() - t0, 2)
     m.extra["tokenizer"] = {"sha256": file_sha256(out / "tokenizer.json"), "vocab_size": len(proto.pieces), "path": str(out.resolve())}
@@ -141,7 +143,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sentences", type=int, default=2_000_000, help="lines SentencePiece samples for training (default 2M)")
     p.add_argument("--character-coverage", type=float, default=0.9995, help="share of characters the model covers (default 0.9995)")
     p.add_argument("--threads", type=int, default=None, help="training threads (default: all cores)")
-    p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad records: stop, or count and skip")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="bad records and files of unknown format in corpus folders: stop, or count and skip")
+    add_read_options(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

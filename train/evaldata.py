@@ -6,7 +6,8 @@ from pathlib import Path
 
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.manifest import Counts
-from zhdata.readers import expand_inputs, iter_records
+from zhdata.documents import iter_documents
+from zhdata.readers import ReadOptions, expand_inputs
 
 
 def parse_sets(specs: list[str]) -> dict[str, list[Path]]:
@@ -23,31 +24,26 @@ def parse_sets(specs: list[str]) -> dict[str, list[Path]]:
 
 
 def read_texts(files: list[Path], counts: Counts, text_field: str = "text", max_docs: int | None = None,
-               max_chars: int | None = None, policy: ErrorPolicy | None = None) -> list[str]:
-    """Texts of the records (plain-text lines, or the `text_field` of JSONL/Parquet records), in input order.
+               max_chars: int | None = None, policy: ErrorPolicy | None = None,
+               read: ReadOptions | None = None) -> list[str]:
+    """Texts of the documents (`zhdata.documents`: plain-text lines, or the `text_field` of records), in input order.
 
-    Stops after `max_docs` documents or once `max_chars` characters are gathered; empty texts are
-    counted as dropped (`empty_text`), records without the field through the policy (`missing_field`).
+    Stops after `max_docs` documents or once `max_chars` characters are gathered; records that give no text
+    (empty, or bad under --on-error skip) are counted in `counts` by reason.
     """
     policy = policy or ErrorPolicy("stop")
+    mark = policy.skipped.copy()
     texts: list[str] = []
     total = 0
-    for f in files:
-        for where, rec in iter_records(f, policy=policy):
-            if (max_docs and len(texts) >= max_docs) or (max_chars and total >= max_chars):
-                return texts
-            counts.records_in += 1
-            text = rec if isinstance(rec, str) else rec.get(text_field) if isinstance(rec, dict) else None
-            if not isinstance(text, str):
-                counts.dropped["missing_field"] += 1
-                policy.bad(f, where, f"record has no string field {text_field!r}", "missing_field")
-                continue
-            if not text.strip():
-                counts.dropped["empty_text"] += 1
-                continue
-            counts.records_out += 1
-            texts.append(text)
-            total += len(text)
+    for text in (text for f in files for _, text, _ in iter_documents(f, text_field, policy, read)):
+        if (max_docs and len(texts) >= max_docs) or (max_chars and total >= max_chars):
+            break
+        texts.append(text)
+        total += len(text)
+    dropped = policy.skipped - mark
+    counts.records_in += len(texts) + sum(dropped.values())
+    counts.records_out += len(texts)
+    counts.dropped.update(dropped)
     if not texts:
         raise InputError(files[0] if files else "?", None, "no non-empty text found",
                          f"the records need a string field {text_field!r} (see --text-field)")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.readers import add_read_options, read_options
 
 from . import mc
 from .evaldata import parse_sets, read_texts
@@ -90,7 +91,7 @@ def _read_sets(args: argparse.Namespace, man: Manifest, task: str, max_docs: int
     texts = {}
     for name, files in parse_sets(args.data).items():
         man.add_inputs(files)
-        texts[name] = read_texts(files, man.source(f"{task}:{name}"), args.text_field, max_docs, max_chars, policy)
+        texts[name] = read_texts(files, man.source(f"{task}:{name}"), args.text_field, max_docs, max_chars, policy, read_options(args))
     return texts
 
 
@@ -182,6 +183,7 @@ MODEL is a `train run` folder (4-bit base + adapter) or a plain Hugging Face mod
     g.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                    help="held-out text set (JSONL/JSON/Parquet/txt file or folder); repeat for zh, en, ...")
     g.add_argument("--text-field", default="text", help="field holding the text in JSON/Parquet records")
+    add_read_options(g)
     g.add_argument("--max-docs", type=int, default=None, help="at most this many documents per set (ctx-ppl default 2)")
     g.add_argument("--max-chars", type=int, default=None, help="bpc: stop a set once this many characters are read")
     g.add_argument("--window", type=int, default=None, help="bpc: context window in tokens (default min(2048, model limit))")

@@ -28,6 +28,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
+from zhdata.readers import add_read_options, read_options
 
 from .evaldata import parse_sets, read_texts
 from .plots import heatmap
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     for name, files in parse_sets(args.data).items():
         man.add_inputs(files)
         counts = man.source(name)
-        texts = read_texts(files, counts, args.text_field, policy=policy, max_chars=args.max_tokens * 8)
+        texts = read_texts(files, counts, args.text_field, policy=policy, max_chars=args.max_tokens * 8, read=read_options(args))
         docs = encode_docs(tok, texts, window, args.max_tokens)
         entry: dict[str, Any] = {"docs": len(docs), "routing": routing_stats(model, probe, docs, window)}
         heatmap(entry["routing"]["share"], out / f"routing_{name}.png", f"routing share per expert ({name})", "share of routing slots")
@@ -214,6 +215,7 @@ Cost: importance runs (layers x experts + 1) passes over --max-tokens tokens per
     p.add_argument("--window", type=int, default=None, help="longest sequence per document (default min(2048, model limit))")
     p.add_argument("--skip-importance", action="store_true", help="routing statistics only (one pass per set)")
     p.add_argument("--text-field", default="text", help="field holding the text in JSON/Parquet records")
+    add_read_options(p)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad input records: stop or count and skip")
     p.set_defaults(func=run)

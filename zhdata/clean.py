@@ -25,7 +25,8 @@ from .lock import locked_output
 from .manifest import Counts, Manifest
 from .markup import HTML_MODES, Markup
 from .normalize import OPENCC_MODES, STEPS, Normalizer
-from .readers import Piece, expand_inputs, iter_records, plan_pieces
+from .documents import iter_documents
+from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
 from .shards import ShardState, parallel_map
 
 DEFAULT_PIECE_MB = 64
@@ -41,6 +42,7 @@ class CleanOptions:
     filters: Filters = Filters()
     on_error: str = "stop"
     markup: Markup = Markup()
+    read: ReadOptions = ReadOptions()
 
 
 def sample_path() -> Path:
@@ -49,26 +51,14 @@ def sample_path() -> Path:
 
 
 def read_piece(piece: Piece, opts: CleanOptions, policy: ErrorPolicy) -> pl.DataFrame:
-    """Records of one piece as a frame of id, text, source and kept fields; bad records go to `policy`."""
+    """Documents of one piece as a frame of id, text, source and kept fields; other records go to `policy`."""
     name = Path(piece.path).name
     ids: list[str] = []
     texts: list[str] = []
     sources: list[str] = []
     kept: dict[str, list[str | None]] = {k: [] for k in opts.keep_fields}
-    for where, rec in iter_records(piece, policy=policy, text_unit=opts.text_unit):
-        if isinstance(rec, str):
-            text, rid, src = rec, None, None
-        elif isinstance(rec, dict):
-            if opts.text_field not in rec:
-                policy.bad(piece.path, where, f"no field {opts.text_field!r} (fields: {', '.join(list(rec)[:8])}); pick one with --text-field", "missing_text_field")
-                continue
-            text, rid, src = rec[opts.text_field], rec.get("id"), rec.get("source")
-            if not isinstance(text, str):
-                policy.bad(piece.path, where, f"field {opts.text_field!r} is {type(text).__name__}, not a string", "non_string_text")
-                continue
-        else:
-            policy.bad(piece.path, where, f"record is a JSON {type(rec).__name__}, not an object", "not_an_object")
-            continue
+    for where, text, rec in iter_documents(piece, opts.text_field, policy, opts.read, opts.text_unit):
+        rid, src = (rec.get("id"), rec.get("source")) if isinstance(rec, dict) else (None, None)
         ids.append(str(rid) if rid is not None else f"{name}:{where}")
         texts.append(text)
         sources.append(src if isinstance(src, str) else name)
@@ -120,15 +110,17 @@ def _task(args: tuple[Piece, CleanOptions, str | None]) -> dict[str, Any]:
 def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanOptions, workers: int = 1,
               piece_mb: int = DEFAULT_PIECE_MB, overwrite: bool = False, progress: bool = True) -> Manifest:
     """Clean `inputs` into `out_dir` (or only measure, when `out_dir` is None) and return the manifest."""
-    files = expand_inputs(inputs, opts.fmt)
-    pieces = plan_pieces(files, opts.fmt, piece_mb << 20)
+    found = ErrorPolicy(opts.on_error)
+    files = expand_inputs(inputs, opts.fmt, found)
+    pieces = plan_pieces(files, opts.fmt, piece_mb << 20, opts.read)
     # size and mtime: a changed input file is a different run, never resumed over stale shards
     params = {"inputs": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
               "text_field": opts.text_field, "text_unit": opts.text_unit,
               "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(), "normalize": opts.normalizer.params(),
-              "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb}
+              "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb, **opts.read.params()}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
     manifest.add_inputs(files)
+    manifest.warnings.extend(found.skipped_files)
     state = ShardState(out_dir) if out_dir is not None else None
     todo = pieces
     if state is not None:
@@ -198,7 +190,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--text-unit", choices=["line", "file"], default="line", help="plain text: a document per line (default) or per file")
     g.add_argument("--keep-fields", default="", help="comma-separated input fields to keep as metadata columns")
     g.add_argument("--on-error", choices=["stop", "skip"], default="stop",
-                   help="bad records (malformed JSON, invalid UTF-8, missing or non-string text): stop with an error (default) or count and skip")
+                   help="bad records (malformed JSON, invalid UTF-8 or Unicode, missing or non-string text) and files of "
+                   "unknown format in input folders: stop with an error (default) or count and skip")
+    add_read_options(g)
     g = p.add_argument_group("markup to text (detected per document, counted as modified: markup_KIND)")
     g.add_argument("--html", choices=HTML_MODES, default="main",
                    help="HTML pages: main = main text only (navigation, footers, scripts left out; default), "
@@ -241,7 +235,7 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
                    max_dup_ngram_frac=a.max_dup_ngram_frac or None, dup_ngram=a.dup_ngram,
                    blocklist=read_blocklist(a.blocklist) if a.blocklist else (), max_block_per_line=a.max_block_per_line)
     keep = tuple(k for k in a.keep_fields.split(",") if k)
-    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup)
+    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup, read_options(a))
 
 
 @locked_output("output")

@@ -32,12 +32,28 @@ class ErrorPolicy:
         self.skipped: Counter[str] = Counter()
         self.examples: list[str] = []
         self.empty_files: list[str] = []
+        self.skipped_files: list[str] = []  # files in input folders passed over under skip, with why
 
     def empty(self, path: str | Path) -> None:
         """An empty file holds no record: stop, or list it (it is not a record, so it is not counted)."""
         if self.mode == "stop":
             raise InputError(path, None, "empty file", "remove it, or use --on-error skip to pass over empty files")
         self.empty_files.append(str(path))
+
+    def unreadable_files(self, folder: str | Path, files: list[Path]) -> None:
+        """Files in an input folder whose format cannot be told from the name: stop naming them, or list them."""
+        if self.mode == "stop":
+            names = ", ".join(str(Path(f).relative_to(folder)) for f in files[:10]) + (" ..." if len(files) > 10 else "")
+            raise InputError(folder, None, f"{len(files)} file(s) of unknown format (not .jsonl/.json/.parquet/.txt, "
+                             f"optionally .gz/.zst/.xz): {names}",
+                             "convert or remove them, pass --format, or use --on-error skip to pass over them")
+        self.skipped_files.extend(f"{f}: format unknown from the name, skipped" for f in files)
+
+    def drop(self, path: str | Path, where: str | int | None, problem: str | None, reason: str) -> None:
+        """A record dropped by a rule or a limit (empty text, --max-record-mb), not an error: counted in both modes."""
+        self.skipped[reason] += 1
+        if problem and len(self.examples) < 20:
+            self.examples.append(str(InputError(path, where, problem)))
 
     def bad(self, path: str | Path, where: str | int | None, problem: str, reason: str) -> None:
         err = InputError(path, where, problem, hint="use --on-error skip to count and skip such records")

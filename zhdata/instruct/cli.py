@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ErrorPolicy, InputError
 from ..lock import locked_output
 from ..manifest import Manifest
 from ..normalize import OPENCC_MODES
-from ..readers import expand_inputs, split_compression
+from ..readers import add_read_options, expand_inputs, read_options, split_compression
 from .clean import DEFAULT_REFUSALS, CleanConfig, instruct_normalizer, load_phrases
 from .formats import FORMATS, PREFERENCE_MODES, parse_columns
-from .pipeline import RunConfig, Source, run
+from .pipeline import BASE_SCHEMA, RunConfig, Source, run
 from .recipe import load_recipe, resolve_sources
 
 # Options a recipe's [options] may set; the command line wins over the recipe, the recipe over these defaults.
@@ -59,7 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--preference", choices=PREFERENCE_MODES, help="chosen/rejected data: stop with an error (default) "
                    "or keep the chosen response as the assistant turn")
     g.add_argument("--keep", action="append", metavar="FIELD", help="input field kept as a metadata column (repeatable)")
-    g.add_argument("--on-error", choices=["stop", "skip"], help="bad records stop the run (default) or are counted and skipped")
+    g.add_argument("--on-error", choices=["stop", "skip"], help="bad records and files of unknown format in input "
+                   "folders stop the run (default) or are counted and skipped")
+    add_read_options(g)
     g = p.add_argument_group("cleaning (each step can be switched off)")
     g.add_argument("--convert", choices=OPENCC_MODES, help="OpenCC conversion (default t2s; none to keep the script)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, help="`zhdata clean` normalisation of every turn: NFC, "
@@ -95,10 +97,12 @@ def _options(args: argparse.Namespace, recipe_options: dict[str, Any]) -> dict[s
     return {k: (getattr(args, k) if getattr(args, k) is not None else recipe_options.get(k, d)) for k, d in DEFAULTS.items()}
 
 
-def _sources(args: argparse.Namespace, o: dict[str, Any]) -> list[Source]:
+def _sources(args: argparse.Namespace, o: dict[str, Any], warnings: list[str]) -> list[Source]:
     cols, entry_fmt = parse_columns(o["columns"])
     fmt = o["format"] if o["format"] != "auto" else entry_fmt
-    files = expand_inputs(args.inputs)
+    policy = ErrorPolicy(o["on_error"])
+    files = expand_inputs(args.inputs, policy=policy)
+    warnings.extend(policy.skipped_files)
     if args.source:
         return [Source(args.source, files, fmt, cols, args.source in o["english"])]
     by_name: dict[str, Source] = {}
@@ -118,12 +122,15 @@ def main(args: argparse.Namespace) -> int:
     elif not args.inputs:
         raise InputError(".", None, "no INPUT given", "give files or folders, or --recipe TOML --data-dir DIR")
     o = _options(args, recipe.options if recipe else {})
+    if clash := [k for k in o["keep"] if k in BASE_SCHEMA.names]:
+        raise InputError("--keep", None, f"kept field {', '.join(map(repr, clash))} has the name of an output column "
+                         f"({', '.join(BASE_SCHEMA.names)})", "keep only other fields; the output already has these columns")
     warnings: list[str] = []
     if recipe:
         sources, warnings = resolve_sources(recipe, args.data_dir)
     else:
         try:
-            sources = _sources(args, o)
+            sources = _sources(args, o, warnings)
         except ValueError as e:  # a bad --columns
             raise InputError(o["columns"] or ".", None, str(e)) from None
     for s in sources:
@@ -142,9 +149,9 @@ def main(args: argparse.Namespace) -> int:
         garbled=o["garbled"], max_chars=o["max_chars"] or None, max_tokens=o["max_tokens"] or None,
         min_chinese_ratio=o["min_chinese_ratio"] or None, chinese_prompt_exempt=o["chinese_prompt_exempt"])
     cfg = RunConfig(clean, o["exact_dup"], o["near_dup"], o["near_threshold"], o["num_perm"], o["ngram"],
-                    o["split_turns"], o["preference"], o["on_error"], tuple(o["keep"]), o["batch_size"])
+                    o["split_turns"], o["preference"], o["on_error"], tuple(o["keep"]), o["batch_size"], read_options(args))
     params = {**o, "clean": clean.params(), "recipe": str(args.recipe) if recipe else None,
-              "tokenizer": args.tokenizer}
+              "tokenizer": args.tokenizer, **cfg.read.params()}
     manifest = Manifest("instruct", params)
     manifest.warnings.extend(warnings)
     for w in warnings:

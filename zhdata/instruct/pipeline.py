@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..errors import ErrorPolicy, InputError
 from ..manifest import Counts, Manifest
-from ..readers import iter_records, plan_pieces
+from ..readers import ReadOptions, iter_records, plan_pieces
 from .clean import Cleaner, CleanConfig
 from .dedup import DuplicateFinder
 from .formats import ColumnMap, Conversation, RecordError, detect_record_format, parse_record
@@ -59,6 +59,7 @@ class RunConfig:
     on_error: str = "stop"
     keep: tuple[str, ...] = ()  # input fields kept as metadata columns
     batch_size: int = 10_000
+    read: ReadOptions = ReadOptions()
 
 
 def schema(keep: tuple[str, ...]) -> pa.Schema:
@@ -131,8 +132,8 @@ def _batches(path: Path, src: Source, cfg: RunConfig, policy: ErrorPolicy,
     fmt = src.format
     batch: list[Conversation] = []
     mark = policy.skipped.copy()
-    for piece in plan_pieces([path]):
-        for where, rec in iter_records(piece, policy=policy):
+    for piece in plan_pieces([path], read=cfg.read):
+        for where, rec in iter_records(piece, policy=policy, read=cfg.read):
             try:
                 rec_fmt = fmt or detect_record_format(rec, src.columns)
                 conv = parse_record(rec, rec_fmt, src.columns, cfg.preference)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..lock import locked_output
+from ..readers import add_read_options, read_options
 
 
 def _fraction(v: str) -> float:
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     o = PackOptions(
         mode=args.mode, block_size=args.block_size, val_fraction=args.val_fraction, bos=args.bos,
         packing=args.packing, overlong=args.overlong, max_context=args.max_context, on_error=args.on_error,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, progress=not args.quiet, read=read_options(args),
     )
     m = pack(args.inputs, args.tokenizer, args.out, o)
     p = m.extra["pack"]
@@ -76,7 +77,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=None,
                    help="the model's context length; a larger --block-size is refused (default: the tokenizer's model_max_length)")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
-                   help="bad records (malformed, no assistant turn, ...): stop with an error (default) or skip and count them")
+                   help="bad records (malformed, no assistant turn, ...) and files of unknown format in input folders: "
+                   "stop with an error (default) or skip and count them")
+    add_read_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished pack in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..errors import ErrorPolicy, InputError
 from ..manifest import MANIFEST, Counts, Manifest
-from ..readers import expand_inputs, iter_records, plan_pieces
+from ..readers import ReadOptions, expand_inputs, iter_records, plan_pieces
 from .bfd import best_fit_decreasing
 from .pretrain import PretrainEncoder
 from .sft import SftEncoder
@@ -39,6 +39,7 @@ class PackOptions:
     on_error: str = "stop"
     overwrite: bool = False
     progress: bool = True
+    read: ReadOptions = ReadOptions()
 
 
 def _check_options(tok: TokenizerFolder, o: PackOptions) -> None:
@@ -58,7 +59,7 @@ def _check_options(tok: TokenizerFolder, o: PackOptions) -> None:
 
 def _params(tok: TokenizerFolder, o: PackOptions, pieces: list) -> dict[str, Any]:
     p = {"mode": o.mode, "block_size": o.block_size, "val_fraction": o.val_fraction, "tokenizer_sha256": tok.sha256,
-         "inputs": [f"{x.path}#{x.part}" for x in pieces]}
+         "inputs": [f"{x.path}#{x.part}" for x in pieces], **o.read.params()}
     if o.mode == "pt":
         p["bos"] = o.bos
     else:
@@ -97,7 +98,7 @@ def _save_progress(out: Path, state: dict) -> None:
 
 def _batches(piece, policy: ErrorPolicy, o: PackOptions):
     batch, chars = [], 0
-    for where, rec in iter_records(piece, policy=policy):
+    for where, rec in iter_records(piece, policy=policy, read=o.read):
         batch.append((where, rec))
         text = rec.get("text") if isinstance(rec, dict) else None
         chars += len(text) if isinstance(text, str) else 256
@@ -221,8 +222,9 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     _check_options(tok, o)
     if o.mode == "pt" and o.bos is None:
         o.bos = bool(tok.config.get("add_bos_token", False)) and tok.token_id("bos_token") is not None
-    files = expand_inputs(inputs)
-    pieces = plan_pieces(files)
+    policy = ErrorPolicy(o.on_error)
+    files = expand_inputs(inputs, policy=policy)
+    pieces = plan_pieces(files, read=o.read)
     out = Path(out)
     params = _params(tok, o, pieces)
     state = _prepare_out(out, params, o.overwrite) or {"params": params, "done": [], "sizes": None, "counts": None, "stats": {}}
@@ -237,7 +239,6 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
             writers[s].truncate(state["sizes"][s])
     counts = Counts.from_dict(state["counts"]) if state["counts"] else Counts()
     stats: Counter = Counter(state["stats"])
-    policy = ErrorPolicy(o.on_error)
     m = Manifest(f"zhdata pack --mode {o.mode}", {**params, "inputs": [str(f) for f in files]})
     m.add_inputs(files)
     _stream(pieces, encoder, writers, state, out, o, policy, counts, stats)
@@ -246,7 +247,7 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
                          f"(read {counts.records_in}, dropped {dict(counts.dropped)})")
     splits = {s: _finish_split(out, s, o, dtype) for s in SPLITS}
     m.counts = counts
-    m.warnings += policy.examples + [f"empty file: {f}" for f in policy.empty_files]
+    m.warnings += policy.examples + [f"empty file: {f}" for f in policy.empty_files] + policy.skipped_files
     m.extra["tokenizer"] = tok.describe()
     m.extra["pack"] = _summary(tok, o, dtype, splits, counts, stats)
     m.write(out)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..documents import record_text
 from ..errors import ErrorPolicy
 from ..manifest import Counts
 from .split import split_of
@@ -33,14 +34,10 @@ class PretrainEncoder:
     def encode(self, records: list[tuple[Any, Any]], path: str, policy: ErrorPolicy, counts: Counts, stats: Counter) -> Batch:
         texts, splits = [], []
         for where, rec in records:
-            text = rec.get("text") if isinstance(rec, dict) else rec
-            if not isinstance(text, str):
-                policy.bad(path, where, "record has no 'text' string", "no_text")
-                continue
+            text = record_text(rec, "text", path, where, policy)
+            if text is None:
+                continue  # bad or empty: counted through the policy
             counts.records_in += 1
-            if not text.strip():
-                counts.dropped["empty_text"] += 1
-                continue
             texts.append(text)
             splits.append(split_of(text, self.val_fraction))
         encs = self.tok.encode_batch_fast(texts, add_special_tokens=False)
