@@ -87,5 +87,5 @@ def test_rerun_resumes_and_a_changed_input_run_is_refused(tmp_path):
     again = run_dedupe(d, out, DedupeOptions(), progress=False)  # signatures come from the cache
     assert first.counts.to_dict() == again.counts.to_dict()
     Manifest("zhdata clean", {"another": "run"}).write(d)
-    with pytest.raises(Exception, match="other inputs or options"):
+    with pytest.raises(Exception, match="manifest.json changed"):
         run_dedupe(d, out, DedupeOptions(), progress=False)

@@ -158,7 +158,7 @@ def test_interrupted_run_resumes_and_equals_a_clean_run(tok_dir, tmp_path, monke
     with pytest.raises(RuntimeError):
         pack([inp], tok_dir, tmp_path / "out", PackOptions(**opts))
     assert (tmp_path / "out" / "progress.json").exists() and not (tmp_path / "out" / "manifest.json").exists()
-    with pytest.raises(InputError, match="block_size differ"):
+    with pytest.raises(InputError, match="block_size 128 → 64"):
         pack([inp], tok_dir, tmp_path / "out", PackOptions(**{**opts, "block_size": 64}))
     monkeypatch.setattr(SplitWriter, "append", real_append)
     seen.clear()

@@ -27,6 +27,7 @@ from zhdata.errors import InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
 from zhdata.readers import expand_inputs
+from zhdata.shards import check_output_folder
 
 from .demo_model import make_demo_model
 
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from .cli import main as train_main
 
     out = Path(args.out)
+    check_output_folder(out, args.input or [])  # before --overwrite deletes anything
     d = {k: out / k for k in STAGE_DIRS}
     if any(p.exists() for p in d.values()):
         if not args.overwrite:

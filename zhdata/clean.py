@@ -27,7 +27,7 @@ from .markup import HTML_MODES, Markup
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .documents import iter_documents
 from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
-from .shards import ShardState, parallel_map
+from .shards import ShardState, check_output_folder, parallel_map, run_inputs
 
 DEFAULT_PIECE_MB = 64
 
@@ -110,16 +110,18 @@ def _task(args: tuple[Piece, CleanOptions, str | None]) -> dict[str, Any]:
 def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanOptions, workers: int = 1,
               piece_mb: int = DEFAULT_PIECE_MB, overwrite: bool = False, progress: bool = True) -> Manifest:
     """Clean `inputs` into `out_dir` (or only measure, when `out_dir` is None) and return the manifest."""
+    if out_dir is not None:
+        check_output_folder(out_dir, inputs)
     found = ErrorPolicy(opts.on_error)
     files = expand_inputs(inputs, opts.fmt, found)
     pieces = plan_pieces(files, opts.fmt, piece_mb << 20, opts.read)
-    # size and mtime: a changed input file is a different run, never resumed over stale shards
-    params = {"inputs": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+    described, identity = run_inputs(files)  # by content: a changed input is another run, never resumed over
+    params = {"inputs": identity,
               "text_field": opts.text_field, "text_unit": opts.text_unit,
               "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(), "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb, **opts.read.params()}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
-    manifest.add_inputs(files)
+    manifest.inputs.extend(described)
     manifest.warnings.extend(found.skipped_files)
     state = ShardState(out_dir) if out_dir is not None else None
     todo = pieces

@@ -22,11 +22,11 @@ from tqdm import tqdm
 from .errors import InputError
 from .lock import locked_output
 from .lsh import LSHIndex, UnionFind, band_keys
-from .manifest import Counts, Manifest, file_sha256
+from .manifest import MANIFEST, Counts, Manifest
 from .minhash import optimal_bands, signatures
 from .ngrams import codepoints, ngram_hashes
 from .normalize import dedupe_key
-from .shards import ShardState, parallel_map
+from .shards import ShardState, check_output_folder, parallel_map, run_inputs
 
 
 @dataclass(frozen=True)
@@ -134,13 +134,12 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
     opts = opts.resolved()
     shards = list_shards(in_dir)
     out = Path(out_dir)
-    if out.resolve() == Path(in_dir).resolve():
-        raise InputError(out, None, "output folder is the input folder", "write the deduplicated shards to a new folder")
-    # the input's manifest identifies the run that wrote the shards: re-cleaned input is never resumed over
-    params = {"input": str(Path(in_dir).resolve()), "shards": [s.name for s in shards],
-              "input_manifest_sha256": file_sha256(Path(in_dir) / "manifest.json"), **asdict(opts)}
+    check_output_folder(out, [in_dir])
+    # the input's manifest and shards by content: re-cleaned or replaced input is never resumed over
+    described, identity = run_inputs([Path(in_dir) / MANIFEST, *shards])
+    params = {"input": str(Path(in_dir).resolve()), "inputs": identity, **asdict(opts)}
     manifest = Manifest("zhdata dedupe", params)
-    manifest.add_inputs(shards)
+    manifest.inputs.extend(described[1:])
     state = ShardState(out)
     state.start(params, overwrite)
     caches = [str(state.parts / f"sig-{s.stem}.npz") for s in shards]

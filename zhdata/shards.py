@@ -2,8 +2,9 @@
 
 A shard is finished when both `NAME.parquet` and `.parts/NAME.json` (its counts) exist; both are
 written to a temporary name first and renamed, so an interrupted run never leaves a half shard
-that looks finished. `.parts/plan.json` holds the run's parameters: resuming with other inputs
-or options is refused instead of mixing two runs in one folder.
+that looks finished. `.parts/plan.json` holds the run's parameters, inputs by the sha256 of their
+content (`run_inputs`): resuming with changed inputs or other options is refused, naming what changed,
+instead of mixing two runs in one folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import polars as pl
 
 from .errors import InputError
+from .manifest import MANIFEST, describe_input
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,11 +35,13 @@ class ShardState:
         text = json.dumps(params, sort_keys=True, ensure_ascii=False, default=str)
         if plan.exists() and plan.read_text(encoding="utf-8") != text:
             if not overwrite:
-                raise InputError(self.dir, None, "this output folder holds a run with other inputs or options",
-                                 "use a new output folder, or --overwrite to start again here")
+                old = json.loads(plan.read_text(encoding="utf-8"))
+                raise InputError(self.dir, None, f"holds a run of other inputs or options: {run_difference(old, params)}",
+                                 "rerun with the same inputs and options to resume, use a new output folder, "
+                                 "or --overwrite to start again here")
             shutil.rmtree(self.parts)
-            for f in self.dir.glob("*.parquet"):
-                f.unlink()
+            for f in [*self.dir.glob("*.parquet"), self.dir / MANIFEST]:
+                f.unlink(missing_ok=True)
         self.parts.mkdir(parents=True, exist_ok=True)
         _atomic_write(plan, text)
 
@@ -52,6 +56,42 @@ class ShardState:
         frame.write_parquet(tmp, compression="zstd", statistics=False)
         os.replace(tmp, self.dir / f"{name}.parquet")
         _atomic_write(self.parts / f"{name}.json", json.dumps(stats, ensure_ascii=False))
+
+
+def run_inputs(files: list[Path]) -> tuple[list[dict[str, Any]], list[list[str]]]:
+    """The inputs of a run, hashed once: (manifest entries, [path, sha256] pairs that identify the run).
+
+    Resume keys on content: a file edited in place, even with its size and mtime restored, is another run.
+    Hashing reads every input once per run (about 1-2 GB/s), far less than any stage costs.
+    """
+    described = [describe_input(f) for f in files]
+    return described, [[str(f), d["sha256"]] for f, d in zip(files, described)]
+
+
+def run_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What makes `new` another run than `old`: the inputs that changed, else the options that differ."""
+    o = {str(e[0]): e[1:] for e in old.get("inputs") or []}
+    n = {str(e[0]): e[1:] for e in new.get("inputs") or []}
+    what = ([f"input {p} changed (its content differs)" for p in n if p in o and o[p] != n[p]]
+            + [f"input {p} is new" for p in n if p not in o] + [f"input {p} is gone" for p in o if p not in n])
+    if what:
+        return "; ".join(what[:3]) + (f" and {len(what) - 3} more" if len(what) > 3 else "")
+    keys = sorted(k for k in {*old, *new} if k != "inputs" and old.get(k) != new.get(k))
+    return "options differ: " + ", ".join(f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys[:4])
+
+
+def check_output_folder(out: str | Path, inputs: list[str | Path]) -> None:
+    """Refuse, before anything is written or deleted, an output folder that is an input, holds one, or lies in one."""
+    o = Path(out).resolve()
+    for raw in inputs:
+        p = Path(raw).resolve()
+        if p == o:
+            raise InputError(out, None, f"the output folder is the input {raw}", "write to a new folder")
+        if o in p.parents:
+            raise InputError(out, None, f"the output folder holds the input {raw}", "write to a folder without inputs")
+        if p in o.parents:
+            raise InputError(out, None, f"the output folder lies inside the input folder {raw}: its output would be "
+                             "read as input by the next run", "write to a folder outside the inputs")
 
 
 def _atomic_write(path: Path, text: str) -> None:

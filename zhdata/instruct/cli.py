@@ -12,6 +12,7 @@ from ..lock import locked_output
 from ..manifest import Manifest
 from ..normalize import OPENCC_MODES
 from ..readers import add_read_options, expand_inputs, read_options, split_compression
+from ..shards import check_output_folder
 from .clean import DEFAULT_REFUSALS, CleanConfig, instruct_normalizer, load_phrases
 from .formats import FORMATS, PREFERENCE_MODES, parse_columns
 from .pipeline import BASE_SCHEMA, RunConfig, Source, run
@@ -158,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"zhdata instruct: warning: {w}", file=sys.stderr)
     if recipe:
         manifest.extra["recipe"] = recipe.info
+    check_output_folder(args.output, args.inputs)  # folders given: the output must not be read by the next run
     run(sources, Path(args.output), cfg, manifest, tokenizer)
     print(format_table(manifest, sources, recipe.info if recipe else {}))
     return 0

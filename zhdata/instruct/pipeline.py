@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..errors import ErrorPolicy, InputError
 from ..manifest import Counts, Manifest
 from ..readers import ReadOptions, iter_records, plan_pieces
+from ..shards import check_output_folder
 from .clean import Cleaner, CleanConfig
 from .dedup import DuplicateFinder
 from .formats import ColumnMap, Conversation, RecordError, detect_record_format, parse_record
@@ -67,6 +68,7 @@ def schema(keep: tuple[str, ...]) -> pa.Schema:
 
 
 def run(sources: list[Source], out_dir: Path, cfg: RunConfig, manifest: Manifest, tokenizer=None) -> Manifest:
+    check_output_folder(out_dir, [f for s in sources for f in s.files])
     out_dir.mkdir(parents=True, exist_ok=True)
     # the old output goes as a whole: a failed rerun must not leave a manifest describing deleted parts
     for old in [*out_dir.glob("part-*.parquet"), out_dir / "manifest.json"]:

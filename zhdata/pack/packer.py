@@ -15,6 +15,7 @@ from tqdm import tqdm
 from ..errors import ErrorPolicy, InputError
 from ..manifest import MANIFEST, Counts, Manifest
 from ..readers import ReadOptions, expand_inputs, iter_records, plan_pieces
+from ..shards import check_output_folder, run_difference, run_inputs
 from .bfd import best_fit_decreasing
 from .pretrain import PretrainEncoder
 from .sft import SftEncoder
@@ -57,9 +58,10 @@ def _check_options(tok: TokenizerFolder, o: PackOptions) -> None:
         raise ValueError(f"--val-fraction must be in [0, 1), not {o.val_fraction}")
 
 
-def _params(tok: TokenizerFolder, o: PackOptions, pieces: list) -> dict[str, Any]:
+def _params(tok: TokenizerFolder, o: PackOptions, identity: list[list[str]]) -> dict[str, Any]:
+    """What identifies a pack: inputs by content (`run_inputs`), the tokenizer, and the settings that shape the output."""
     p = {"mode": o.mode, "block_size": o.block_size, "val_fraction": o.val_fraction, "tokenizer_sha256": tok.sha256,
-         "inputs": [f"{x.path}#{x.part}" for x in pieces], **o.read.params()}
+         "inputs": identity, **o.read.params()}
     if o.mode == "pt":
         p["bos"] = o.bos
     else:
@@ -84,9 +86,8 @@ def _prepare_out(out: Path, params: dict, overwrite: bool) -> dict | None:
         return None
     state = json.loads(prog.read_text(encoding="utf-8"))
     if state["params"] != params:
-        diff = sorted(k for k in params if state["params"].get(k) != params[k])
-        raise InputError(out, None, f"holds an unfinished pack made with other settings ({', '.join(diff)} differ, "
-                         "e.g. a mismatched tokenizer)", "use --overwrite to start again, or rerun with the same settings")
+        raise InputError(out, None, f"holds an unfinished pack of other inputs or settings: {run_difference(state['params'], params)}",
+                         "use --overwrite to start again, or rerun with the same inputs and settings to resume")
     return state
 
 
@@ -223,10 +224,12 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     if o.mode == "pt" and o.bos is None:
         o.bos = bool(tok.config.get("add_bos_token", False)) and tok.token_id("bos_token") is not None
     policy = ErrorPolicy(o.on_error)
+    out = Path(out)
+    check_output_folder(out, inputs)
     files = expand_inputs(inputs, policy=policy)
     pieces = plan_pieces(files, read=o.read)
-    out = Path(out)
-    params = _params(tok, o, pieces)
+    described, identity = run_inputs(files)
+    params = _params(tok, o, identity)
     state = _prepare_out(out, params, o.overwrite) or {"params": params, "done": [], "sizes": None, "counts": None, "stats": {}}
     try:
         encoder = PretrainEncoder(tok, o.val_fraction, o.bos) if o.mode == "pt" else SftEncoder(tok, o.val_fraction, o.block_size, o.overlong)
@@ -240,7 +243,7 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     counts = Counts.from_dict(state["counts"]) if state["counts"] else Counts()
     stats: Counter = Counter(state["stats"])
     m = Manifest(f"zhdata pack --mode {o.mode}", {**params, "inputs": [str(f) for f in files]})
-    m.add_inputs(files)
+    m.inputs.extend(described)
     _stream(pieces, encoder, writers, state, out, o, policy, counts, stats)
     if counts.records_out == 0:
         raise InputError(inputs[0], None, f"no {'document' if o.mode == 'pt' else 'conversation'} could be packed "

@@ -1,0 +1,153 @@
+"""Resume keys on content: a changed input is another run, refused by name, never resumed over; --overwrite
+never deletes an input; an output folder inside an input folder is named as such."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from zhdata.clean import CleanOptions, run_clean
+from zhdata.dedupe import DedupeOptions, run_dedupe
+from zhdata.errors import InputError
+from zhdata.pack.packer import PackOptions, pack
+from zhdata.pack.pretrain import PretrainEncoder
+from zhdata.pack.store import SplitWriter
+
+from test_clean import GOOD, _corpus
+from test_pack_pt import real_texts, tok_dir, write_shards  # noqa: F401 (tok_dir is a fixture)
+
+PT = dict(mode="pt", block_size=128, val_fraction=0.2, progress=False)
+
+
+def _crash_after(monkeypatch, shard: str) -> None:
+    """Make the next pack die while writing the tokens of `shard` (after the shards before it are done)."""
+    real_encode, real_append = PretrainEncoder.encode, SplitWriter.append
+    seen: list[str] = []
+
+    def encode(self, records, path, *a):
+        seen.append(Path(path).name)
+        return real_encode(self, records, path, *a)
+
+    def append(self, *a):
+        real_append(self, *a)
+        if seen[-1] == shard:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(PretrainEncoder, "encode", encode)
+    monkeypatch.setattr(SplitWriter, "append", append)
+
+
+def _same_pack(a: Path, b: Path) -> None:
+    for f in sorted(a.glob("*.bin")):
+        assert (b / f.name).read_bytes() == f.read_bytes(), f.name
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma["counts"] == mb["counts"] and ma["pack"] == mb["pack"]
+    assert [i["sha256"] for i in ma["inputs"]] == [i["sha256"] for i in mb["inputs"]]
+
+
+@pytest.mark.parametrize("change", ["append_line", "replace_shard"])
+def test_pack_does_not_resume_over_a_changed_input(change, tok_dir, tmp_path, monkeypatch):
+    texts = real_texts(4)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for k in range(3):
+        (inp / f"shard-{k}.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                                                      for t in texts[k::3]), encoding="utf-8")
+    out = tmp_path / "out"
+    with monkeypatch.context() as mp:
+        _crash_after(mp, "shard-2.jsonl")
+        with pytest.raises(RuntimeError):
+            pack([inp], tok_dir, out, PackOptions(**PT))
+    packed = inp / "shard-0.jsonl"  # finished before the crash
+    if change == "append_line":
+        with packed.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"text": "追加的一行。"}, ensure_ascii=False) + "\n")
+    else:
+        packed.write_text((inp / "shard-1.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(InputError, match=f"input {packed} changed"):
+        pack([inp], tok_dir, out, PackOptions(**PT))
+    pack([inp], tok_dir, out, PackOptions(**PT, overwrite=True))
+    pack([inp], tok_dir, tmp_path / "fresh", PackOptions(**PT))
+    _same_pack(tmp_path / "fresh", out)
+
+
+def test_pack_resumes_an_unchanged_input(tok_dir, tmp_path, monkeypatch):
+    inp = write_shards(tmp_path / "in", real_texts(4), 3)
+    with monkeypatch.context() as mp:
+        _crash_after(mp, "shard-001.parquet")
+        with pytest.raises(RuntimeError):
+            pack([inp], tok_dir, tmp_path / "out", PackOptions(**PT))
+    done = json.loads((tmp_path / "out" / "progress.json").read_text())["done"]
+    assert [Path(k).name for k in done] == ["shard-000.parquet#0"]
+    pack([inp], tok_dir, tmp_path / "out", PackOptions(**PT))
+    pack([inp], tok_dir, tmp_path / "fresh", PackOptions(**PT))
+    _same_pack(tmp_path / "fresh", tmp_path / "out")
+
+
+def test_clean_does_not_resume_over_a_file_edited_in_place_with_size_and_mtime_restored(tmp_path):
+    src = _corpus(tmp_path, n=20)
+    out = tmp_path / "o"
+    run_clean([src], out, CleanOptions(), piece_mb=0, progress=False)
+    st = src.stat()
+    text = src.read_text(encoding="utf-8")
+    src.write_text(text.replace("第3篇", "第9篇", 1), encoding="utf-8")  # same size
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(InputError, match="in.jsonl changed \\(its content differs\\)"):
+        run_clean([src], out, CleanOptions(), piece_mb=0, progress=False)
+    run_clean([src], out, CleanOptions(), piece_mb=0, overwrite=True, progress=False)
+    texts = pl.concat([pl.read_parquet(f) for f in sorted(out.glob("*.parquet"))])["text"].to_list()
+    assert sum(t.startswith("第9篇") for t in texts) == 2 and not any(t.startswith("第3篇") for t in texts)
+
+
+def test_dedupe_does_not_resume_over_a_replaced_shard(tmp_path):
+    d = tmp_path / "clean"
+    src = _corpus(tmp_path, n=20)
+    run_clean([src], d, CleanOptions(), piece_mb=0, progress=False)
+    run_dedupe(d, tmp_path / "o", DedupeOptions(), progress=False)
+    shard = sorted(d.glob("*.parquet"))[2]
+    pl.read_parquet(shard).with_columns(text=pl.lit(GOOD)).write_parquet(shard)  # the clean manifest is unchanged
+    with pytest.raises(InputError, match=f"input {shard} changed"):
+        run_dedupe(d, tmp_path / "o", DedupeOptions(), progress=False)
+
+
+@pytest.mark.parametrize("command", ["clean", "dedupe", "pack"])
+def test_overwrite_into_the_input_folder_is_refused_before_anything_is_deleted(command, tok_dir, tmp_path):
+    clean = tmp_path / "clean"
+    run_clean([_corpus(tmp_path, n=20)], clean, CleanOptions(), piece_mb=0, progress=False)
+    before = {p.name: p.read_bytes() for p in clean.iterdir() if p.is_file()}
+    run = {"clean": lambda: run_clean([clean], clean, CleanOptions(), overwrite=True, progress=False),
+           "dedupe": lambda: run_dedupe(clean, clean, DedupeOptions(), overwrite=True, progress=False),
+           "pack": lambda: pack([clean], tok_dir, clean, PackOptions(**PT, overwrite=True))}[command]
+    with pytest.raises(InputError, match="the output folder is the input"):
+        run()
+    assert {p.name: p.read_bytes() for p in clean.iterdir() if p.is_file()} == before
+
+
+def test_output_folder_inside_the_input_folder_is_named_as_such(tmp_path):
+    src = _corpus(tmp_path, n=5)
+    with pytest.raises(InputError, match="lies inside the input folder"):
+        run_clean([tmp_path], tmp_path / "out", CleanOptions(), progress=False)
+    assert not (tmp_path / "out").exists()
+    src.unlink()
+
+
+def test_instruct_and_quickstart_refuse_an_output_folder_holding_or_inside_their_inputs(tmp_path, capsys):
+    from train.cli import main as train_main
+    from zhdata.cli import main as zhdata_main
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    src = inp / "belle_alpaca.json"
+    src.write_bytes((Path(__file__).parent / "fixtures" / "instruct" / "belle_alpaca.json").read_bytes())
+    assert zhdata_main(["instruct", str(inp), "-o", str(inp / "sft")]) == 2
+    assert "lies inside the input folder" in capsys.readouterr().err
+    assert zhdata_main(["instruct", str(src), "-o", str(inp)]) == 2
+    assert "the output folder holds the input" in capsys.readouterr().err
+    assert train_main(["quickstart", "--input", str(inp), "-o", str(inp), "--overwrite"]) == 2
+    assert "the output folder is the input" in capsys.readouterr().err
+    assert sorted(p.name for p in inp.iterdir()) == ["belle_alpaca.json"]
