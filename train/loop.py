@@ -92,14 +92,17 @@ def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world:
         dist.barrier()
 
 
-# Settings that decide the training path: a checkpoint resumes only a run with the same ones.
-RESUME_KEYS = ("model", "data", "tokenizer", "base_tokenizer", "stage", "vocab", "embeddings", "lora_r", "lora_alpha",
-               "lora_dropout", "lora_targets", "lr", "weight_decay", "warmup_ratio", "micro_batch_size", "grad_accum",
-               "epochs", "max_steps", "seed", "router_aux_loss_coef")
+# The settings a resumed run may change: they do not touch the training path. Every other setting (max_steps too:
+# it sets the length of the cosine schedule), the data, the tokenizer and the world size identify a run.
+RESUME_FREE = ("output_dir", "resume", "stop_after", "log_every", "save_every", "keep_checkpoints", "max_val_batches",
+               "device", "gradient_checkpointing")
 
 
-def run_identity(cfg: RunConfig, world: int) -> dict:
-    return {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "world_size": world}
+def run_identity(cfg: RunConfig, world: int, data_sha256: str | None, tokenizer_sha256: str | None) -> dict:
+    """What a checkpoint resumes only with: the settings outside RESUME_FREE, the packed data by its manifest's
+    sha256 (a repack, even into the same folder, is other data), the tokenizer's fingerprint and the world size."""
+    return {**{k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}, "world_size": world,
+            "data_manifest_sha256": data_sha256, "tokenizer_sha256": tokenizer_sha256}
 
 
 def _aux_loss(router_logits, config, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -119,7 +122,8 @@ def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.cpu()
 
 
-def find_checkpoint(cfg: RunConfig) -> Path | None:
+def find_checkpoint(cfg: RunConfig, identity: dict) -> Path | None:
+    """The checkpoint to resume (None: start afresh); refuses a checkpoint of a run with another identity."""
     if not cfg.resume:
         if any((Path(cfg.output_dir) / CKPT_DIR).glob("step-*/state.json")):
             raise InputError(cfg.output_dir, None, "this output folder holds checkpoints of an earlier run",
@@ -129,19 +133,27 @@ def find_checkpoint(cfg: RunConfig) -> Path | None:
         ck = Path(cfg.resume)
         if not (ck / "state.json").exists():
             raise InputError(ck, None, "not a checkpoint folder (no state.json)")
-        return ck
-    done = sorted(p.parent for p in (Path(cfg.output_dir) / CKPT_DIR).glob("step-*/state.json"))
-    return done[-1] if done else None
-
-
-def load_checkpoint(ck: Path, model, opt, sched, rank: int, identity: dict) -> dict:
-    state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
-    saved_id = state.get("run", {})
-    differ = sorted(k for k in identity if saved_id.get(k) != identity[k])
+    else:
+        done = sorted(p.parent for p in (Path(cfg.output_dir) / CKPT_DIR).glob("step-*/state.json"))
+        if not done:
+            return None
+        ck = done[-1]
+    saved = json.loads((ck / "state.json").read_text(encoding="utf-8")).get("run", {})
+    differ = sorted(k for k in {*identity, *saved} if saved.get(k) != identity.get(k))
     if differ:
         raise InputError(ck, None, "this checkpoint belongs to a run with other settings: "
-                         + ", ".join(f"{k} {saved_id.get(k)!r} → {identity[k]!r}" for k in differ[:6]),
-                         hint="resume with the run's own settings (its run.toml), or start in a new --output-dir")
+                         + ", ".join(f"{k} {_short(saved.get(k))} → {_short(identity.get(k))}" for k in differ[:6]),
+                         hint="resume with the run's own settings and data (its run.toml), or start in a new --output-dir")
+    return ck
+
+
+def _short(v) -> str:
+    return repr(v[:12] + "…" if isinstance(v, str) and len(v) == 64 else v)  # sha256s cut to 12 hex digits
+
+
+def load_checkpoint(ck: Path, model, opt, sched, rank: int) -> dict:
+    """Restore trainable weights, optimizer, schedule and this rank's RNG from `ck` (checked by find_checkpoint)."""
+    state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
     params = _trainable(model)
     saved = torch.load(ck / "trainable.pt", map_location="cpu")
     if set(saved) != set(params):
@@ -160,10 +172,17 @@ def load_checkpoint(ck: Path, model, opt, sched, rank: int, identity: dict) -> d
 
 
 def _keep_log_until(log: Path, step: int) -> None:
-    """On resume: drop log lines of steps after the checkpoint (they will be trained again)."""
+    """On resume: drop log lines of steps after the checkpoint (they will be trained again), and a line torn by a kill."""
     if log.exists():
-        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if _log_step(ln) <= step]
         log.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+
+
+def _log_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):  # torn or empty: never kept
+        return math.inf
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -195,7 +214,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     ds = open_packed(cfg.data, "train")
     tok_sha = check_dataset(ds, cfg.data, tok_dir, cfg.stage)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    ck = find_checkpoint(cfg)  # before the (long) model load: a stale folder is refused at once
+    data_manifest = Path(cfg.data) / "manifest.json"
+    identity = run_identity(cfg, world, file_sha256(data_manifest) if data_manifest.exists() else None, tok_sha)
+    ck = find_checkpoint(cfg, identity)  # before the (long) model load: a stale folder is refused at once
     if cfg.vocab == "orig":
         rows = AutoConfig.from_pretrained(cfg.model).get_text_config().vocab_size
         if len(tokenizer) > rows:
@@ -238,10 +259,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     per_epoch = micro_batches_per_epoch(len(ds), cfg.micro_batch_size, world)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
-    identity = run_identity(cfg, world)
     state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0, "run": identity}
     if ck is not None:
-        state = load_checkpoint(ck, pm, opt, sched, rank, identity)
+        state = load_checkpoint(ck, pm, opt, sched, rank)
     net = pm
     if world > 1:
         net = DistributedDataParallel(pm, device_ids=[device.index] if device.type == "cuda" else None,
@@ -314,10 +334,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     val = _val_loss(cfg, pm, pad_id, device, autocast) if finished and rank == 0 else None
     result = {"steps": state["step"], "total_steps": total, "finished": finished, "tokens": state["tokens"],
               "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val}
-    data_manifest = Path(cfg.data) / "manifest.json"
     manifest.extra.update({"tokenizer": {"sha256": tok_sha, "path": str(tok_dir.resolve())},
                            "data": {"path": str(Path(cfg.data).resolve()), "sequences": len(ds),
-                                    "manifest_sha256": file_sha256(data_manifest) if data_manifest.exists() else None},
+                                    "manifest_sha256": identity["data_manifest_sha256"]},
                            "setup": summary, "train": result, "world_size": world, "device": str(device),
                            "compute_dtype": str(dtype).removeprefix("torch.")})
     if rank == 0:
