@@ -3,6 +3,7 @@ never deletes an input; an output folder inside an input folder is named as such
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -151,3 +152,70 @@ def test_instruct_and_quickstart_refuse_an_output_folder_holding_or_inside_their
     assert train_main(["quickstart", "--input", str(inp), "-o", str(inp), "--overwrite"]) == 2
     assert "the output folder is the input" in capsys.readouterr().err
     assert sorted(p.name for p in inp.iterdir()) == ["belle_alpaca.json"]
+
+
+def _fail_on_call(monkeypatch, owner, name: str, n: int, err: int) -> None:
+    """Make the n-th call of owner.name fail with OSError(err) (the first n-1 calls write as usual)."""
+    real, calls = getattr(owner, name), []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise OSError(err, os.strerror(err))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(owner, name, flaky)
+
+
+def _frames(d: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(f) for f in sorted(d.glob("part-*.parquet"))])
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS])
+def test_clean_and_dedupe_stop_on_a_full_or_read_only_disk_with_one_line_and_resume(err, tmp_path, monkeypatch, capsys):
+    from zhdata.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = _corpus(tmp_path, n=10).read_text(encoding="utf-8").splitlines(keepends=True)
+    for k in range(6):  # a shard per file
+        (src / f"f{k}.jsonl").write_text("".join(ln.replace("第", f"卷{k}第") for ln in lines), encoding="utf-8")
+    common = ["--workers", "1", "--no-progress"]
+    assert main(["clean", str(src), "-o", str(tmp_path / "fresh"), *common]) == 0
+    assert main(["dedupe", str(tmp_path / "fresh"), "-o", str(tmp_path / "fresh-dd"), "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    with monkeypatch.context() as mp:
+        _fail_on_call(mp, pl.DataFrame, "write_parquet", 5, err)
+        assert main(["clean", str(src), "-o", str(out), *common]) == 2
+    msg = capsys.readouterr().err.strip()
+    assert msg.splitlines() == [msg] and msg.startswith(f"zhdata clean: error: {out}: cannot write the output here: {os.strerror(err)}")
+    assert len(list(out.glob("part-*.parquet"))) == 4 and not (out / "manifest.json").exists()
+    assert main(["clean", str(src), "-o", str(out), *common]) == 0
+    assert _frames(out).equals(_frames(tmp_path / "fresh"))
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (out, tmp_path / "fresh"))
+    assert a["counts"] == b["counts"]
+
+    dd = tmp_path / "dd"
+    with monkeypatch.context() as mp:
+        _fail_on_call(mp, pl.DataFrame, "write_parquet", 3, err)
+        assert main(["dedupe", str(out), "-o", str(dd), "--workers", "1", "--no-progress"]) == 2
+    assert f"{dd}: cannot write the output here" in capsys.readouterr().err
+    assert main(["dedupe", str(out), "-o", str(dd), "--workers", "1", "--no-progress"]) == 0
+    assert _frames(dd).equals(_frames(tmp_path / "fresh-dd"))
+
+
+def test_pack_stops_on_a_full_disk_with_one_line_and_resumes(tok_dir, tmp_path, monkeypatch, capsys):
+    from zhdata.cli import main
+
+    inp = write_shards(tmp_path / "in", real_texts(4), 3)
+    argv = ["pack", str(inp), "--tokenizer", str(tok_dir), "--mode", "pt", "-q", "--block-size", "128"]
+    assert main([*argv, "-o", str(tmp_path / "fresh")]) == 0
+    out = tmp_path / "out"
+    with monkeypatch.context() as mp:
+        _fail_on_call(mp, SplitWriter, "append", 3, errno.ENOSPC)
+        assert main([*argv, "-o", str(out)]) == 2
+    assert f"{out}: cannot write the output here: {os.strerror(errno.ENOSPC)}" in capsys.readouterr().err
+    assert (out / "progress.json").exists() and not (out / "manifest.json").exists()
+    assert main([*argv, "-o", str(out)]) == 0
+    _same_pack(tmp_path / "fresh", out)

@@ -6,7 +6,8 @@ killed run is stale by construction and is taken over (with a notice naming the 
 writer while the first is alive is refused with one line naming the folder and the holder. On filesystems
 without `flock` the file's content decides: a lock of a dead pid on this host is stale, any other is live.
 A process may nest locks of one folder (quickstart runs other commands in-process); only the outermost
-one takes and releases it.
+one takes and releases it. While it holds the lock, a failed write into the folder (disk full, read-only,
+no permission) becomes one line naming the folder (`_write_errors`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,27 @@ def _acquire(folder: Path) -> int:
         return fd
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextmanager
+def _write_errors(out: str | Path) -> Iterator[None]:
+    """Turn a failed write into the output folder (disk full, read-only, no permission) into one line naming it.
+
+    The resumable stages write shards, progress and manifest to temporary names and rename them, so what was
+    finished stays finished and a rerun resumes there. An error about a file elsewhere (an input) passes through.
+    """
+    try:
+        yield
+    except OSError as e:
+        folder = Path(out).resolve()
+        if e.errno not in _WRITE_ERRNOS or (e.filename and folder != Path(e.filename).resolve()
+                                            and folder not in Path(e.filename).resolve().parents):
+            raise
+        raise InputError(out, None, f"cannot write the output here: {e.strerror or os.strerror(e.errno)}",
+                         "free space or make it writable and rerun: clean, dedupe and pack resume where they stopped") from None
+
+
 @contextmanager
 def output_lock(folder: str | Path) -> Iterator[Path]:
     """Hold the exclusive write lock of `folder` (created if missing) for the duration of the block."""
@@ -127,7 +149,8 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
                          "is the folder or its filesystem read-only?") from None
     _held[key] = 1
     try:
-        yield folder
+        with _write_errors(folder):
+            yield folder
     finally:
         _held.pop(key, None)
         try:  # remove while still holding it, so that no one locks a file that is gone

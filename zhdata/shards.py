@@ -62,9 +62,14 @@ def run_inputs(files: list[Path]) -> tuple[list[dict[str, Any]], list[list[str]]
     """The inputs of a run, hashed once: (manifest entries, [path, sha256] pairs that identify the run).
 
     Resume keys on content: a file edited in place, even with its size and mtime restored, is another run.
-    Hashing reads every input once per run (about 1-2 GB/s), far less than any stage costs.
+    Every input is read once more per run for this; the manifest records the same hashes, so only once.
     """
-    described = [describe_input(f) for f in files]
+    described = []
+    for f in files:
+        try:
+            described.append(describe_input(f))
+        except OSError as e:
+            raise InputError(f, None, f"cannot read this input: {e.strerror}") from None
     return described, [[str(f), d["sha256"]] for f, d in zip(files, described)]
 
 
