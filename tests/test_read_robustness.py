@@ -142,6 +142,28 @@ def test_lone_surrogate_is_invalid_unicode_in_tokenizer_training(tmp_path, capsy
     assert c["dropped"] == {"invalid_unicode": 1} and c["records_in"] == 31
 
 
+def test_lone_surrogate_is_invalid_unicode_in_tokenizer_extend(tmp_path, capsys):
+    lines = [json.dumps({"text": "中文训练文本第%d行，内容足够长以便训练分词模型。" % i}, ensure_ascii=False) for i in range(60)]
+    p = tmp_path / "s.jsonl"
+    p.write_text(lines[0] + "\n" + SURROGATE_LINE + "\n".join(lines[1:]) + "\n", encoding="utf-8")
+    common = ["extend", "--base", str(FIX / "mixtral-8x7b-v0.1.model"), "--corpus", str(p), "--add", "10",
+              "--zh-vocab-size", "300", "--threads", "1"]
+    assert tok_main([*common, "-o", str(tmp_path / "stop")]) == 2
+    assert "s.jsonl:2: lone surrogate" in capsys.readouterr().err
+    assert tok_main([*common, "-o", str(tmp_path / "t"), "--on-error", "skip"]) == 0  # the check texts too
+    c = _manifest(tmp_path / "t")["counts"]
+    assert c["dropped"] == {"invalid_unicode": 1} and c["records_in"] == 61
+
+
+def test_lone_surrogate_in_a_json_array_names_the_record(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_text('[{"text": "好"}, {"text": "坏\\udfff"}, {"text": "表情\\ud83d\\ude00"}]', encoding="utf-8")
+    with pytest.raises(InputError, match=r"a\.json:2: lone surrogate"):
+        list(iter_records(p))
+    pol = ErrorPolicy("skip")
+    assert [r["text"] for _, r in iter_records(p, policy=pol)] == ["好", "表情😀"] and pol.skipped == {"invalid_unicode": 1}
+
+
 # --- bounded memory: --max-record-mb -------------------------------------------------------------------------
 
 

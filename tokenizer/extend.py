@@ -235,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
         src_file = model_path(args.pieces)
         m.add_inputs([src_file])
         source = load_proto(src_file)
-        check_texts = sample_texts(args.check_corpus, args.check_chars, args.text_field, read_options(args)) if args.check_corpus else []
+        check_texts = sample_texts(args.check_corpus, args.check_chars, args.text_field, read_options(args),
+                                   ErrorPolicy(args.on_error)) if args.check_corpus else []
     else:
         zh_vocab = args.zh_vocab_size or int(args.add * 1.6) + 4000
         policy = ErrorPolicy(args.on_error)
@@ -247,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
                                  source=", ".join(args.corpus), hard_limit=False)
             source = load_proto(src_file)
             (out / "source_pieces.model").write_bytes(src_file.read_bytes())
-        check_texts = sample_texts(args.check_corpus or args.corpus, args.check_chars, args.text_field, read_options(args))
+        check_texts = sample_texts(args.check_corpus or args.corpus, args.check_chars, args.text_field, read_options(args),
+                                   ErrorPolicy(args.on_error))  # counted once, while training
     m.extra["source_model"] = {"pieces": len(source.pieces), "seconds": round(time.time() - t0, 2)}
     t1 = time.time()
     proto, sel, checks = extend(base, candidates(source, args.order), args.add, out, check_texts, args.priority,
