@@ -8,6 +8,8 @@ import polars as pl
 import pytest
 
 from train.cli import main
+from train.quickstart import ENGLISH_HELDOUT
+from train.report import number
 
 
 @pytest.mark.slow
@@ -19,10 +21,17 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"report: {out / 'report' / 'report.html'}" in printed
     md = (out / "report" / "report.md").read_text(encoding="utf-8")
-    assert "Verdict: " in md and "Chinese bpc" in md
+    verdict = next(line for line in md.splitlines() if line.startswith("**Verdict on "))
+    assert "`model` (MixtralForCausalLM" in verdict and "DEMONSTRATION model" in verdict  # what it is about ...
+    assert "Chinese bpc" in verdict and "English bpc" in verdict and "95% CI" in verdict  # ... and how sure
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in md.splitlines() if r.startswith("| ")}
+    base = json.loads((out / "runs" / "base" / "eval" / "bpc.json").read_text(encoding="utf-8"))["sets"]
+    assert rows["en (English)"][1] == number(base["en"]["bpc"])  # English retention, with the base model's bpc
     assert "data:image/png;base64," in (out / "report" / "report.html").read_text(encoding="utf-8")
     bpc = {v: json.loads((out / "runs" / v / "eval" / "bpc.json").read_text(encoding="utf-8")) for v in ("orig", "ext")}
-    assert bpc["orig"]["sets"]["zh"]["chars"] == bpc["ext"]["sets"]["zh"]["chars"]  # same held-out text
+    for lang in ("zh", "en"):  # both runs scored on the same held-out documents, one result per document
+        assert bpc["orig"]["sets"][lang]["documents"]["key"] == bpc["ext"]["sets"][lang]["documents"]["key"]
+    assert bpc["orig"]["sets"]["en"]["docs"] == len(ENGLISH_HELDOUT.read_text(encoding="utf-8").splitlines())
     assert bpc["ext"]["vocab_size"] == 32000 + 100
     assert bpc["ext"]["sets"]["zh"]["tokens_per_char"] < bpc["orig"]["sets"]["zh"]["tokens_per_char"]
     train_ids = set(pl.read_parquet(out / "corpus" / "train.parquet")["id"])
@@ -31,10 +40,11 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     config = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))
     assert "DEMONSTRATION MODEL" in config["zh_adapt_demo"]
     commands = (out / "commands.sh").read_text(encoding="utf-8")
-    for stage in ("zhdata clean --sample", "zhdata dedupe", "tokenizer extend", "zhdata pack", "--vocab ext", "train compare"):
+    for stage in ("zhdata clean --sample", "zhdata dedupe", "tokenizer extend", "zhdata pack", "--vocab ext",
+                  f"train eval {out / 'model'} --task bpc", "train compare"):
         assert stage in commands
     man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert man["quickstart"]["demonstration_model"] is True and len(man["quickstart"]["stage_seconds"]) == 13
+    assert man["quickstart"]["demonstration_model"] is True
     assert main(argv) == 2  # a second run into the same folder is refused without --overwrite
     # The adapter run folder (NF4 base + adapters) and its merged fp32 model give the same bpc.
     merged, ev = tmp_path / "merged", tmp_path / "merged-eval"

@@ -9,53 +9,95 @@ per-token perplexity is reported too, but it is NOT comparable across vocabulari
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
-from zhdata.lock import locked_output
-from zhdata.manifest import Manifest, cli_params, file_sha256
-from zhdata.readers import add_read_options, read_options
+from zhdata.lock import locked_output, output_lock
+from zhdata.manifest import Manifest, file_sha256
+from zhdata.readers import DEFAULT_MAX_RECORD_MB, ReadOptions, add_read_options
 
-from . import mc
 from .evaldata import parse_sets, read_texts
-from .plots import lines
-from .scoring import LN2, conditioning_prefix, encode_text, load_model, model_window, token_nll, tokenizer_sha256
 
 TASKS = ("bpc", "ctx-ppl", "mc")
+MC_SPLITS = ("dev", "val", "test")
 PPL_NOTE = ("bpc and bits per byte do not depend on the vocabulary and compare fairly across tokenizers; "
             "per-token perplexity (token_ppl) does NOT: a vocabulary with longer pieces has fewer, harder tokens.")
 
 
+@dataclass
+class EvalOptions:
+    """Settings of `train eval` (each is the `--flag` of the same name)."""
+
+    data: dict[str, list[Path]] = field(default_factory=dict)  # bpc / ctx-ppl: {set name: files}
+    text_field: str = "text"
+    encoding: str = "utf-8"
+    max_record_mb: float = DEFAULT_MAX_RECORD_MB
+    max_docs: int | None = None
+    max_chars: int | None = None
+    window: int | None = None
+    stride: int | None = None
+    lengths: list[int] | None = None
+    doc_chars: int = 200_000
+    on_error: str = "stop"
+    device: str = "cpu"
+    bench: list[str] = field(default_factory=list)  # mc: [NAME=]DIR
+    shots: list[int] = field(default_factory=lambda: [0, 5])
+    split: str = "auto"
+    subjects: list[str] | None = None
+    max_questions: int | None = None
+    mc_lang: str = "auto"
+
+    def __post_init__(self) -> None:
+        # `{"zh": "heldout/zh.jsonl"}` or `["zh=heldout/zh.jsonl"]` are accepted too, as from the command line
+        specs = self.data if isinstance(self.data, list) else [
+            f"{n}={p}" for n, paths in self.data.items() for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+        self.data = parse_sets([str(s) for s in specs])
+
+
+def doc_key(text: str) -> str:
+    """Identity of a held-out document, so that two runs' per-document results can be paired."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
 def bpc_of_texts(model: Any, tok: Any, texts: list[str], window: int, stride: int | None = None,
                  desc: str = "bpc") -> dict[str, Any]:
-    """Sums and ratios for one set of texts: bits, chars, bytes, tokens, bpc, bits/byte, token ppl."""
+    """Sums and ratios for one set of texts: bits, chars, bytes, tokens, bpc, bits/byte, token ppl;
+    and per document (`documents`: key, chars, tokens, bits) for paired comparisons."""
+    from .scoring import LN2, conditioning_prefix, encode_text, token_nll
+
     prefix = conditioning_prefix(tok)
-    bits = 0.0
-    chars = nbytes = tokens = not_lossless = 0
+    docs: dict[str, list[Any]] = {"key": [], "chars": [], "tokens": [], "bits": []}
+    nbytes = not_lossless = 0
     for text in tqdm(texts, desc=desc, unit="doc", leave=False):
         ids = encode_text(tok, text)
         if tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != text:
             not_lossless += 1
         nll = token_nll(model, prefix + ids, window, stride)
-        bits += float(nll.sum()) / LN2
-        tokens += nll.numel()
-        chars += len(text)
+        docs["key"].append(doc_key(text))
+        docs["chars"].append(len(text))
+        docs["tokens"].append(int(nll.numel()))
+        docs["bits"].append(float(nll.sum()) / LN2)
         nbytes += len(text.encode("utf-8"))
+    bits, chars, tokens = sum(docs["bits"]), sum(docs["chars"]), sum(docs["tokens"])
     return {
         "docs": len(texts), "chars": chars, "bytes": nbytes, "tokens": tokens, "bits": bits,
         "bpc": bits / chars, "bits_per_byte": bits / nbytes,
         "token_ppl": math.exp(bits * LN2 / tokens) if tokens else float("nan"),
-        "tokens_per_char": tokens / chars, "docs_not_round_trip": not_lossless,
+        "tokens_per_char": tokens / chars, "docs_not_round_trip": not_lossless, "documents": docs,
     }
 
 
 def ctx_ppl_of_texts(model: Any, tok: Any, texts: list[str], lengths: list[int]) -> list[dict[str, Any]]:
     """Per document and context length: perplexity and bpc of the same tokens, sliding window with stride L/2."""
+    from .scoring import LN2, conditioning_prefix, encode_text, token_nll
+
     prefix = conditioning_prefix(tok)
     rows = []
     for d, text in enumerate(texts):
@@ -72,8 +114,8 @@ def _bpc_markdown(res: dict[str, Any]) -> str:
            "| set | docs | chars | tokens | tokens/char | bpc | bits/byte | token ppl |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in res["sets"].items():
-        out.append(f"| {name} | {s['docs']} | {s['chars']} | {s['tokens']} | {s['tokens_per_char']:.3f} | "
-                   f"{s['bpc']:.4f} | {s['bits_per_byte']:.4f} | {s['token_ppl']:.2f} |")
+        out.append(f"| {name} | {s['docs']:,} | {s['chars']:,} | {s['tokens']:,} | {s['tokens_per_char']:.3f} | "
+                   f"{s['bpc']:.4f} | {s['bits_per_byte']:.4f} | {s['token_ppl']:,.2f} |")
     out += ["", f"Note: {PPL_NOTE}", ""]
     return "\n".join(out)
 
@@ -83,82 +125,116 @@ def _write(out: Path, stem: str, res: dict[str, Any], md: str) -> None:
     (out / f"{stem}.md").write_text(md, encoding="utf-8")
 
 
-def _read_sets(args: argparse.Namespace, man: Manifest, task: str, max_docs: int | None,
+def _read_sets(opts: EvalOptions, man: Manifest, task: str, max_docs: int | None,
                max_chars: int | None) -> dict[str, list[str]]:
-    if not args.data:
+    if not opts.data:
         raise InputError("--data", None, f"--task {task} needs held-out text", "pass --data zh=FILE --data en=FILE")
-    policy = ErrorPolicy(args.on_error)
+    policy = ErrorPolicy(opts.on_error)
     texts = {}
-    for name, files in parse_sets(args.data).items():
+    for name, files in opts.data.items():
         man.add_inputs(files)
-        texts[name] = read_texts(files, man.source(f"{task}:{name}"), args.text_field, max_docs, max_chars, policy, read_options(args))
+        texts[name] = read_texts(files, man.source(f"{task}:{name}"), opts.text_field, max_docs, max_chars, policy,
+                                 ReadOptions(opts.encoding, opts.max_record_mb))
     return texts
 
 
-def run_bpc(model: Any, tok: Any, args: argparse.Namespace, man: Manifest, out: Path) -> dict[str, Any]:
-    sets = _read_sets(args, man, "bpc", args.max_docs, args.max_chars)
-    window = model_window(model, args.window)
-    res = {"task": "bpc", "model": str(args.model), "tokenizer_sha256": tokenizer_sha256(tok),
-           "vocab_size": len(tok), "window": window, "stride": args.stride or window, "note": PPL_NOTE,
-           "sets": {name: bpc_of_texts(model, tok, texts, window, args.stride, desc=f"bpc {name}")
-                    for name, texts in sets.items()}}
+def run_bpc(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, out: Path) -> dict[str, Any]:
+    from .scoring import model_window, tokenizer_sha256
+
+    sets = _read_sets(opts, man, "bpc", opts.max_docs, opts.max_chars)
+    window = model_window(model, opts.window)
+    res = {"task": "bpc", "model": name, "tokenizer_sha256": tokenizer_sha256(tok),
+           "vocab_size": len(tok), "window": window, "stride": opts.stride or window, "note": PPL_NOTE,
+           "sets": {n: bpc_of_texts(model, tok, texts, window, opts.stride, desc=f"bpc {n}") for n, texts in sets.items()}}
     _write(out, "bpc", res, _bpc_markdown(res))
-    for name, s in res["sets"].items():
+    for n, s in res["sets"].items():
         if s["docs_not_round_trip"]:
-            man.warnings.append(f"{name}: {s['docs_not_round_trip']} texts do not decode back to themselves "
+            man.warnings.append(f"{n}: {s['docs_not_round_trip']} texts do not decode back to themselves "
                                 "(the tokenizer normalises them); bpc is over the original characters")
-        print(f"{name}: bpc {s['bpc']:.4f}  bits/byte {s['bits_per_byte']:.4f}  tokens/char {s['tokens_per_char']:.3f}  "
+        print(f"{n}: bpc {s['bpc']:.4f}  bits/byte {s['bits_per_byte']:.4f}  tokens/char {s['tokens_per_char']:.3f}  "
               f"token ppl {s['token_ppl']:.2f} (not comparable across vocabularies)")
     return {n: {k: s[k] for k in ("bpc", "bits_per_byte", "tokens_per_char")} for n, s in res["sets"].items()}
 
 
-def run_ctx_ppl(model: Any, tok: Any, args: argparse.Namespace, man: Manifest, out: Path) -> dict[str, Any]:
-    sets = _read_sets(args, man, "ctx-ppl", args.max_docs or 2, None)
+def run_ctx_ppl(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, out: Path) -> dict[str, Any]:
+    from .plots import lines
+    from .scoring import model_window, tokenizer_sha256
+
+    sets = _read_sets(opts, man, "ctx-ppl", opts.max_docs or 2, None)
     limit = model_window(model, 1 << 30)
-    lengths = sorted(set(args.lengths or [2 ** k for k in range(9, 18) if 2 ** k <= limit]))
+    lengths = sorted(set(opts.lengths or [2 ** k for k in range(9, 18) if 2 ** k <= limit]))
     if not lengths or max(lengths) > limit:
         raise InputError("--lengths", None, f"context lengths must be between 1 and the model's limit {limit}")
-    res: dict[str, Any] = {"task": "ctx-ppl", "model": str(args.model), "tokenizer_sha256": tokenizer_sha256(tok),
-                           "lengths": lengths, "max_chars_per_doc": args.doc_chars, "note": PPL_NOTE, "sets": {}}
+    res: dict[str, Any] = {"task": "ctx-ppl", "model": name, "tokenizer_sha256": tokenizer_sha256(tok),
+                           "lengths": lengths, "max_chars_per_doc": opts.doc_chars, "note": PPL_NOTE, "sets": {}}
     series = {}
-    for name, texts in sets.items():
-        texts = [t[: args.doc_chars] for t in texts]
+    for set_name, texts in sets.items():
+        texts = [t[: opts.doc_chars] for t in texts]
         rows = ctx_ppl_of_texts(model, tok, texts, lengths)
-        res["sets"][name] = rows
+        res["sets"][set_name] = rows
         for d in range(len(texts)):
             pts = [(r["context"], r["ppl"]) for r in rows if r["doc"] == d]
             if pts:
-                series[f"{name} doc {d + 1}"] = tuple(zip(*pts))
+                series[f"{set_name} doc {d + 1}"] = tuple(zip(*pts))
         skipped = [L for L in lengths if all(r["context"] != L for r in rows)]
         if skipped:
-            man.warnings.append(f"{name}: context lengths {skipped} are longer than every document (raise --doc-chars)")
+            man.warnings.append(f"{set_name}: context lengths {skipped} are longer than every document (raise --doc-chars)")
     lines(series, out / "ctx_ppl.png", "Perplexity against context length", "context length (tokens)",
           "perplexity (per token)", logx=True)
-    md = [f"# Perplexity against context length: `{args.model}`", "", "![ctx-ppl](ctx_ppl.png)", "",
+    md = [f"# Perplexity against context length: `{name}`", "", "![ctx-ppl](ctx_ppl.png)", "",
           "| set | doc | context | tokens | ppl | bpc |", "|---|---:|---:|---:|---:|---:|"]
-    md += [f"| {n} | {r['doc'] + 1} | {r['context']} | {r['tokens']} | {r['ppl']:.3f} | {r['bpc']:.4f} |"
+    md += [f"| {n} | {r['doc'] + 1} | {r['context']:,} | {r['tokens']:,} | {r['ppl']:,.3f} | {r['bpc']:.4f} |"
            for n, rows in res["sets"].items() for r in rows]
     _write(out, "ctx_ppl", res, "\n".join(md + ["", f"Each row scores the same tokens of the document; {PPL_NOTE}", ""]))
     return {"lengths": lengths, "rows": sum(len(r) for r in res["sets"].values())}
 
 
+def run_mc(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, out: Path) -> dict[str, Any]:
+    from . import mc
+
+    return mc.run_mc(model, tok, name, opts, man, out)
+
+
+STAGES = {"bpc": run_bpc, "ctx-ppl": run_ctx_ppl, "mc": run_mc}
+
+
+def evaluate(model: str | Path, tasks: list[str], out: str | Path, opts: EvalOptions | None = None,
+             params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the tasks on a `train run` folder or Hugging Face model folder; writes <task>.json/.md and manifest.json
+    into `out` and returns the manifest as a dict (its `bpc`, `ctx-ppl`, `mc` entries hold the summaries)."""
+    from .scoring import load_model, tokenizer_sha256
+
+    opts = opts or EvalOptions()
+    unknown = [t for t in tasks if t not in STAGES]
+    if unknown:
+        raise InputError("--task", None, f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    out = Path(out)
+    with output_lock(out):
+        man = Manifest("train eval", params if params is not None else {
+            "model": str(model), "task": list(tasks),
+            **{k: (v if k != "data" else {n: [str(p) for p in ps] for n, ps in v.items()}) for k, v in asdict(opts).items()}})
+        loaded, tok = load_model(model, opts.device)
+        man.extra["model"] = {"path": str(model), "tokenizer_sha256": tokenizer_sha256(tok), "vocab_size": len(tok)}
+        if (Path(model) / "config.json").is_file():
+            man.extra["model"]["config_sha256"] = file_sha256(Path(model) / "config.json")
+        for task in dict.fromkeys(tasks):
+            man.extra[task] = STAGES[task](loaded, tok, str(model), opts, man, out)
+        for c in man.sources.values():  # records of every task's inputs (texts, questions)
+            man.counts.merge(c)
+        man.write(out)
+    return man.to_dict()
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    return EvalOptions(**{f: getattr(args, f) for f in EvalOptions.__dataclass_fields__})
+
+
 @locked_output("out")
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    man = Manifest("train eval", cli_params(args))
-    model, tok = load_model(args.model, args.device)
-    tok_sha = tokenizer_sha256(tok)
-    man.extra["model"] = {"path": str(args.model), "tokenizer_sha256": tok_sha, "vocab_size": len(tok)}
-    if (Path(args.model) / "config.json").is_file():
-        man.extra["model"]["config_sha256"] = file_sha256(Path(args.model) / "config.json")
-    tasks = {"bpc": run_bpc, "ctx-ppl": run_ctx_ppl, "mc": mc.run_mc}
-    for task in dict.fromkeys(args.task):
-        man.extra[task] = tasks[task](model, tok, args, man, out)
-    for c in man.sources.values():  # records of every task's inputs (texts, questions)
-        man.counts.merge(c)
-    man.write(out)
-    print(f"results in {out}/")
+    from zhdata.manifest import cli_params
+
+    evaluate(args.model, args.task, args.out, options_from_args(args), params=cli_params(args))
+    print(f"results in {args.out}/")
     return 0
 
 
@@ -192,5 +268,17 @@ MODEL is a `train run` folder (4-bit base + adapter) or a plain Hugging Face mod
                    help="ctx-ppl: context lengths (default 512, 1024, ... up to the model limit)")
     g.add_argument("--doc-chars", type=int, default=200_000, help="ctx-ppl: score the first N characters of each document")
     g.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad input records: stop or count and skip")
-    mc.add_arguments(p.add_argument_group("mc"))
+    _mc_arguments(p.add_argument_group("mc"))
     p.set_defaults(func=run)
+
+
+def _mc_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--bench", action="append", default=[], metavar="[NAME=]DIR",
+                   help="benchmark folder in the C-Eval, CMMLU or MMLU layout; repeat for several")
+    g.add_argument("--shots", type=int, nargs="+", default=[0, 5], help="numbers of dev examples in the prompt (default 0 5)")
+    g.add_argument("--split", default="auto", choices=("auto",) + MC_SPLITS,
+                   help="split to score (auto: test when it has answers, else val; C-Eval's test has none)")
+    g.add_argument("--subjects", nargs="+", default=None, help="only these subjects (file stems, e.g. computer_network)")
+    g.add_argument("--max-questions", type=int, default=None, help="at most N questions per subject (quick runs)")
+    g.add_argument("--mc-lang", choices=("auto", "zh", "en"), default="auto",
+                   help="prompt language (auto: Chinese for C-Eval/CMMLU or CJK questions)")

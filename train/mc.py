@@ -13,7 +13,6 @@ prediction is the letter A-D with the highest log-likelihood after it.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import json
@@ -28,10 +27,11 @@ from tqdm import tqdm
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.manifest import Counts
 
+from .evaluate import MC_SPLITS as SPLITS
+from .evaluate import EvalOptions
 from .scoring import conditioning_prefix, encode_text, model_window
 
 LETTERS = ("A", "B", "C", "D")
-SPLITS = ("dev", "val", "test")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -226,7 +226,8 @@ def evaluate_subject(model: Any, tok: Any, bench: Benchmark, subj: Subject, shot
                      max_questions: int | None = None) -> dict[str, Any]:
     """Accuracy on one subject; shots are dropped from the end when the prompt exceeds the window."""
     conts = [answer_text(L, bench.lang) for L in LETTERS]
-    correct = shortened = 0
+    shortened = 0
+    right: list[int] = []  # per question, 1 when the prediction is the answer (paired comparisons of two models)
     questions = subj.eval[:max_questions] if max_questions else subj.eval
     for q in questions:
         k = min(shots, len(subj.dev))
@@ -236,10 +237,11 @@ def evaluate_subject(model: Any, tok: Any, bench: Benchmark, subj: Subject, shot
             prompt = build_prompt(bench, subj, q, k)
         shortened += k < min(shots, len(subj.dev))
         scores = letter_logprobs(model, tok, prompt, conts)
-        correct += LETTERS[max(range(4), key=scores.__getitem__)] == q.answer
-    n = len(questions)
+        right.append(int(LETTERS[max(range(4), key=scores.__getitem__)] == q.answer))
+    n, correct = len(questions), sum(right)
     return {"title": subj.title, "categories": subj.categories, "n": n, "correct": correct,
-            "acc": correct / n if n else float("nan"), "shots_available": len(subj.dev), "prompts_shortened": shortened}
+            "acc": correct / n if n else float("nan"), "shots_available": len(subj.dev), "prompts_shortened": shortened,
+            "right": right}
 
 
 def summarise(subjects: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -284,21 +286,22 @@ def evaluate_benchmark(model: Any, tok: Any, bench: Benchmark, shots_list: list[
     return res
 
 
-def run_mc(model: Any, tok: Any, args: argparse.Namespace, man: Any, out: Path) -> dict[str, Any]:
-    if not args.bench:
+def run_mc(model: Any, tok: Any, model_name: str, opts: EvalOptions, man: Any, out: Path) -> dict[str, Any]:
+    """`train eval --task mc`: every --bench folder at every --shots; writes mc.json and mc.md."""
+    if not opts.bench:
         raise InputError("--bench", None, "--task mc needs a benchmark folder", "pass --bench ../shared/eval/ceval")
-    window = model_window(model, args.window)
-    policy = ErrorPolicy(args.on_error)
-    results: dict[str, Any] = {"task": "mc", "model": str(args.model), "benchmarks": {}}
+    window = model_window(model, opts.window)
+    policy = ErrorPolicy(opts.on_error)
+    results: dict[str, Any] = {"task": "mc", "model": model_name, "benchmarks": {}}
     seen: set[str] = set()
-    for spec in args.bench:
+    for spec in opts.bench:
         name, sep, path = spec.partition("=")
         name, path = (name, path) if sep else (Path(spec).name, spec)
-        bench = load_benchmark(path, name, args.split, args.subjects, args.mc_lang, policy, man.source(f"mc:{name}"))
+        bench = load_benchmark(path, name, opts.split, opts.subjects, opts.mc_lang, policy, man.source(f"mc:{name}"))
         man.add_inputs(bench.files)
-        results["benchmarks"][name] = evaluate_benchmark(model, tok, bench, args.shots, window, args.max_questions)
+        results["benchmarks"][name] = evaluate_benchmark(model, tok, bench, opts.shots, window, opts.max_questions)
         seen.update(s.name for s in bench.subjects)
-    missing = sorted(set(args.subjects or []) - seen)
+    missing = sorted(set(opts.subjects or []) - seen)
     if missing:
         man.warnings.append(f"--subjects not found in any benchmark: {', '.join(missing)}")
     (out / "mc.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -308,15 +311,3 @@ def run_mc(model: Any, tok: Any, args: argparse.Namespace, man: Any, out: Path) 
     for b, accs in summary.items():
         print(f"{b}: " + "  ".join(f"{s}-shot acc {a:.4f}" for s, a in accs.items()))
     return summary
-
-
-def add_arguments(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--bench", action="append", default=[], metavar="[NAME=]DIR",
-                   help="benchmark folder in the C-Eval, CMMLU or MMLU layout; repeat for several")
-    g.add_argument("--shots", type=int, nargs="+", default=[0, 5], help="numbers of dev examples in the prompt (default 0 5)")
-    g.add_argument("--split", default="auto", choices=("auto",) + SPLITS,
-                   help="split to score (auto: test when it has answers, else val; C-Eval's test has none)")
-    g.add_argument("--subjects", nargs="+", default=None, help="only these subjects (file stems, e.g. computer_network)")
-    g.add_argument("--max-questions", type=int, default=None, help="at most N questions per subject (quick runs)")
-    g.add_argument("--mc-lang", choices=("auto", "zh", "en"), default="auto",
-                   help="prompt language (auto: Chinese for C-Eval/CMMLU or CJK questions)")

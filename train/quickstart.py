@@ -4,7 +4,8 @@ Stages (each is the documented command; DIR/commands.sh lists them so they can b
   1. zhdata clean --sample (or your --input)      5. zhdata pack, once per vocabulary
   2. zhdata dedupe                                6. a model: --model, or a tiny demonstration Mixtral
   3. split: held-out text / training text          7. train run, once per vocabulary (same text)
-  4. tokenizer convert + tokenizer extend          8. train eval (bpc; mc with --bench), 9. train compare
+  4. tokenizer convert + tokenizer extend          8. train eval: the base model, then each run (Chinese and
+                                                     English held-out bpc; mc with --bench)  9. train compare
 Offline. Without --model the model is a small, randomly initialised Mixtral-architecture model created
 here and labelled as a demonstration model: its numbers show the pipeline, not Mixtral's quality.
 """
@@ -33,6 +34,8 @@ from .demo_model import make_demo_model
 
 # The Mixtral tokenizer shipped with the package (Apache-2.0), used when neither --model nor --tokenizer gives one.
 PACKAGED_TOKENIZER = Path(str(resources.files("tokenizer") / "data" / "mixtral-8x7b-v0.1.model"))
+# English held-out text shipped with the package (C4 documents, ODC-BY; see train/data/README.md): English retention.
+ENGLISH_HELDOUT = Path(str(resources.files("train") / "data" / "heldout_en.jsonl"))
 # Demonstration model sizes: `demo` for the README's run, `tiny` for CI (hidden >= 64: the NF4 block size on CPU).
 STAGE_DIRS = ("clean", "dedup", "corpus", "heldout", "tok-orig", "tok-ext", "packed-orig", "packed-ext", "model", "runs",
               "report")
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     man = Manifest("train quickstart", cli_params(args))
     started = time.perf_counter()
-    chain = Chain(out, 12 + (1 if args.model is None else 0))
+    chain = Chain(out, 13 + (1 if args.model is None else 0))
     inputs = ["--sample"] if not args.input else [str(p) for p in expand_inputs(args.input)]
     chain.stage("clean", _cli(zh_main, ["clean", *inputs, "-o", str(d["clean"]), "--overwrite"]),
                 ["zhdata", "clean", *inputs, "-o", str(d["clean"])])
@@ -163,14 +166,18 @@ def run(args: argparse.Namespace) -> int:
                  else ["--tokenizer", str(d["tok-ext"]), "--base-tokenizer", str(d["tok-orig"])])
         cmd = ["train", "run", *common, "--data", str(d[f"packed-{v}"]), "--vocab", v, *extra, "--output-dir", str(runs[v])]
         chain.stage(f"train ({v} vocabulary, one pass over the same text)", _cli(train_main, cmd[1:]), cmd)
+    heldout_en = args.heldout_en or ENGLISH_HELDOUT
+    base_eval = d["runs"] / "base" / "eval"
+    cmd = ["train", "eval", str(model), "--task", "bpc", "--data", f"zh={heldout}", "--data", f"en={heldout_en}",
+           "--device", args.device, "-o", str(base_eval)]
+    chain.stage("evaluate the base model before training (bpc)", _cli(train_main, cmd[1:]), cmd)
     for v in ("orig", "ext"):
         cmd = ["train", "eval", str(runs[v]), "--task", "bpc", *(["mc"] if args.bench else []), "--data", f"zh={heldout}",
-               *(["--data", f"en={args.heldout_en}"] if args.heldout_en else []), "--device", args.device,
-               "-o", str(runs[v] / "eval")]
+               "--data", f"en={heldout_en}", "--device", args.device, "-o", str(runs[v] / "eval")]
         if args.bench:
             cmd += [x for b in args.bench for x in ("--bench", b)] + ["--max-questions", str(args.max_questions)]
         chain.stage(f"evaluate ({v} vocabulary)", _cli(train_main, cmd[1:]), cmd)
-    cmd = ["train", "compare", str(runs["orig"]), str(runs["ext"]), "-o", str(d["report"])]
+    cmd = ["train", "compare", str(runs["orig"]), str(runs["ext"]), "--base", str(base_eval), "-o", str(d["report"])]
     chain.stage("compare", _cli(train_main, cmd[1:]), cmd)
     (out / "commands.sh").write_text("#!/bin/sh\n# the stages `train quickstart` ran, as commands\nset -e\n"
                                      + "\n".join(chain.commands) + "\n", encoding="utf-8")
@@ -196,7 +203,8 @@ examples:
     p.add_argument("--model", default=None, help="Hugging Face Mixtral folder (default: create a demonstration model)")
     p.add_argument("--tokenizer", default=None, help="original SentencePiece tokenizer.model (default: the model's, "
                                                      "else the Mixtral tokenizer shipped with the package)")
-    p.add_argument("--heldout-en", default=None, help="English held-out text for bpc (the sample is Chinese only)")
+    p.add_argument("--heldout-en", default=None, help="English held-out text for bpc (default: 34 English C4 documents "
+                                                       "shipped with the package, ODC-BY)")
     p.add_argument("--bench", action="append", default=[], help="benchmark folder for `train eval --task mc` (repeatable)")
     p.add_argument("--max-questions", type=int, default=20, help="questions per subject with --bench (default 20)")
     p.add_argument("--train-chars", type=int, default=150_000, help="characters of training text (default 150,000)")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 from typing import Any
-
-from .plots import data_uri
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem}"
         "td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}"
-        "img{max-width:100%}.verdict{font-size:1.1rem;background:#eef6ee;padding:.8rem;border-left:4px solid #4a4}")
+        "img{max-width:100%}.verdict{font-size:1.05rem;line-height:1.5;background:#eef6ee;padding:.8rem;border-left:4px solid #4a4}"
+        "td{white-space:nowrap}")
 
 
 @dataclass
@@ -42,12 +42,14 @@ class Report:
             elif kind == "table":
                 header, rows = b
                 out += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-                out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows] + [""]
+                out += ["| " + " | ".join(number(c) for c in r) + " |" for r in rows] + [""]
             else:
                 out += [f"![{b[1]}]({b[0].name})", ""]
         return "\n".join(out)
 
     def html(self) -> str:
+        from .plots import data_uri
+
         out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"]
         for kind, b in self.blocks:
@@ -60,7 +62,7 @@ class Report:
                 out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
                 for r in rows:
                     out.append("<tr>" + "".join(
-                        f"<td class='{'n' if isinstance(c, (int, float)) else ''}'>{html.escape(_cell(c))}</td>" for c in r) + "</tr>")
+                        f"<td class='{'n' if isinstance(c, (int, float)) else ''}'>{html.escape(number(c))}</td>" for c in r) + "</tr>")
                 out.append("</table>")
             else:
                 out.append(f"<img src='{data_uri(b[0])}' alt='{html.escape(b[1])}'>")
@@ -68,11 +70,22 @@ class Report:
         return "\n".join(out)
 
 
-def _cell(c: Any) -> str:
-    if c is None:
+def number(x: Any) -> str:
+    """A number for reading: thousands separators; 2 decimals from 1 up, 3 below 1, none from 1,000 up."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    if isinstance(c, float):
-        return f"{c:,.4g}" if abs(c) >= 1e4 or (c != 0 and abs(c) < 1e-3) else f"{c:.4f}".rstrip("0").rstrip(".")
-    if isinstance(c, int):
-        return f"{c:,}"
-    return str(c)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    a = abs(x)
+    if a >= 1000:
+        s = f"{a:,.0f}"
+    elif a >= 1:
+        s = f"{a:.2f}"
+    elif a == 0:
+        return "0"
+    else:
+        s = f"{a:.3f}" if a >= 0.01 else f"{a:.2e}"
+    return ("−" if x < 0 else "") + s  # the minus sign, not a hyphen
+
