@@ -7,7 +7,8 @@ import sys
 from zhdata.command import run
 
 # Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS = ["train.evaluate", "train.run", "train.merge", "train.experts", "train.compare", "train.quickstart"]
+COMMANDS = ["train.evaluate", "train.run", "train.merge", "train.experts", "train.compare", "train.quickstart",
+            "train.generate"]
 DESCRIPTION = ("QLoRA training of Mixtral-architecture models (4-bit experts included) for the original or the extended vocabulary, evaluation, expert analysis and the vocabulary comparison.")
 
 

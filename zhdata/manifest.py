@@ -128,11 +128,12 @@ class Manifest:
             **self.extra,
         }
 
-    def write(self, out_dir: str | Path) -> Path:
+    def write(self, out_dir: str | Path, name: str = MANIFEST) -> Path:
+        """Save `out_dir/manifest.json` (or `name`, for commands whose outputs share a folder)."""
         self.counts.check()
-        for name, c in self.sources.items():
-            c.check(f"counts of source {name!r}")
-        out = Path(out_dir) / MANIFEST
+        for source, c in self.sources.items():
+            c.check(f"counts of source {source!r}")
+        out = Path(out_dir) / name
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
