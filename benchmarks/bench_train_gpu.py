@@ -1,8 +1,9 @@
 """GPU measurement of `train run`'s QLoRA backend on Mixtral-8x7B dimensions with random weights.
 
-Builds the model on the meta device, then materialises, initialises and NF4-quantizes one decoder layer at a
-time straight onto the GPU (the same `quantize_layer` the loader uses), attaches the paper's LoRA (r=64,
-alpha=128 on q/k/v/o, every expert's w1/w2/w3 and the router; embeddings and LM head trained) and times
+Builds the model on the meta device and fills it through the streaming loader's own path
+(`train.loader.materialize`), with random weights drawn on the GPU in place of checkpoint reads, one matrix at a
+time quantized to NF4; attaches the paper's LoRA (r=64, alpha=128 on q/k/v/o, separate adapters on every
+expert's w1, w2 and w3, and the router; embeddings and LM head trained) and times
 forward + backward + AdamW steps at micro-batch 1 with gradient checkpointing. Prints one JSON line per
 sequence length (peak GPU memory, tokens/s, setup summary) and the computed footprint of the plain
 transformers + bitsandbytes path (experts left 16-bit), which does not fit one 80 GB GPU.
@@ -18,11 +19,11 @@ import json
 import time
 
 import torch
-from transformers import MixtralConfig, MixtralForCausalLM
+from transformers import MixtralConfig
 
 from train.config import RunConfig
+from train.loader import materialize, skeleton
 from train.model import attach_adapters, verify_setup
-from train.quant import quantize_layer
 
 GiB = 2**30
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit block scales + fp32 second-level scales
@@ -42,7 +43,7 @@ def footprint(c: MixtralConfig, r: int = 64) -> dict:
     experts = n * e * 3 * h * i
     emb = 2 * c.vocab_size * h
     lora = n * (r * (h + h) * 2 + r * (h + c.num_key_value_heads * hd) * 2   # q, o, k, v
-                + e * r * ((h + 2 * i) + (i + h)) + r * (h + e))              # experts, router
+                + e * 3 * r * (h + i) + r * (h + e))                           # experts w1/w2/w3, router
     trainable = lora + emb
     ours = {"experts_nf4": experts * NF4_BYTES_PER_PARAM, "attention_nf4": attn * NF4_BYTES_PER_PARAM,
             "embeddings_fp32_frozen_and_trained_copy": 2 * emb * 4,
@@ -63,25 +64,31 @@ def tiny(layers: int) -> MixtralConfig:
                          max_position_embeddings=8192, tie_word_embeddings=False)
 
 
+class RandomWeights:
+    """Stands in for `train.loader.Checkpoint`: each weight the loader asks for is drawn on `device` (N(0, std),
+    vectors 1), so the model is built exactly as from a checkpoint, without one."""
+
+    def __init__(self, device: torch.device, std: float):
+        self.device, self.std = device, std
+
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, metered: bool = False) -> torch.Tensor:
+        if len(shape) == 1:
+            return torch.ones(shape, dtype=dtype, device=self.device)
+        return torch.randn(shape, dtype=torch.float32, device=self.device).mul_(self.std).to(dtype)
+
+    def expert(self, experts: str, e: int, w: str, mod, dtype: torch.dtype) -> torch.Tensor:
+        h, i = mod.hidden_dim, mod.intermediate_dim
+        return self.tensor(f"{experts}.{e}.{w}", (h, i) if w == "w2" else (i, h), dtype)
+
+    def release(self) -> None:
+        pass
+
+
 def build(config: MixtralConfig, device: torch.device, cfg: RunConfig):
-    with torch.device("meta"):
-        model = MixtralForCausalLM(config)
-    std = config.initializer_range
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    for layer in model.model.layers:  # one 16-bit layer at a time on CPU, NF4 on the GPU
-        layer.to_empty(device="cpu")
-        with torch.no_grad():
-            for p in layer.parameters():
-                p.normal_(0, std) if p.dim() > 1 else p.fill_(1.0)
-        layer.to(dtype)
-        quantize_layer(layer, device, dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                       lora_dropout=cfg.lora_dropout, expert_lora=True, router_lora=True)
-    for mod in (model.model.embed_tokens, model.model.norm, model.lm_head):
-        mod.to_empty(device=device)
-        with torch.no_grad():
-            mod.weight.normal_(0, std) if mod.weight.dim() > 1 else mod.weight.fill_(1.0)
-    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
-    model.is_loaded_in_4bit = True
+    model = skeleton(config, dtype)
+    materialize(model, RandomWeights(device, config.initializer_range), device, dtype, progress=True,
+                lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
     model.config.output_router_logits = True
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -113,7 +113,7 @@ def test_experts_are_nf4_and_every_adapter_gets_a_gradient(world):
     experts = [m for m in pm.modules() if isinstance(m, NF4LoraExperts)]
     assert len(experts) == 2 and not any(type(m).__name__ == "MixtralExperts" for m in pm.modules())
     for ex in experts:
-        for lin in [*ex.gate_up, *ex.down]:
+        for lin in [*ex.w1, *ex.w2, *ex.w3]:
             assert isinstance(lin.weight, bnb.nn.Params4bit) and lin.weight.dtype == torch.uint8
             assert lin.weight.quant_state.quant_type == "nf4" and lin.weight.quant_state.nested  # double quantisation
     assert sum(isinstance(m, LoraRouter) for m in pm.modules()) == 2
@@ -126,7 +126,7 @@ def test_experts_are_nf4_and_every_adapter_gets_a_gradient(world):
     for n, p in trainable.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
     for ex in experts:  # every expert's own slice of every factor
-        for name in ("gate_up_A", "gate_up_B", "down_A", "down_B"):
+        for name in ("w1_A", "w1_B", "w2_A", "w2_B", "w3_A", "w3_B"):
             per_expert = getattr(ex, name).grad.flatten(1).abs().sum(1)
             assert (per_expert > 0).all(), (name, per_expert)
 
@@ -134,9 +134,9 @@ def test_experts_are_nf4_and_every_adapter_gets_a_gradient(world):
 def test_setup_check_refuses_16bit_experts_and_missing_adapters(world):
     cfg, pm = _model(world)
     layer = pm.get_base_model().model.layers[0].mlp
-    layer.experts.gate_up_A.requires_grad_(False)
+    layer.experts.w3_A.requires_grad_(False)
     assert any("no trainable expert adapter" in p for p in verify_setup(pm, cfg)["problems"])
-    layer.experts.gate_up_A.requires_grad_(True)
+    layer.experts.w3_A.requires_grad_(True)
     from transformers.models.mixtral.modeling_mixtral import MixtralExperts
     layer.experts = MixtralExperts(pm.get_base_model().config)
     problems = verify_setup(pm, cfg)["problems"]

@@ -3,9 +3,9 @@
 A `train run` output folder holds (see `save_adapter`):
 - `adapter/`: peft's own adapter (`adapter_config.json`, `adapter_model.safetensors`: attention LoRA and, when
   trained, the embedding / LM-head rows), plus `moe_adapter.safetensors` (our expert and router LoRA factors,
-  keys `layers.N.mlp.experts.{gate_up,down}_{A,B}` of shape (E, r, in) / (E, out, r) and
-  `layers.N.mlp.gate.adapter_{A,B}`; update = B @ A * alpha / r) and `zh_adapt.json` (base model, vocab size,
-  LoRA settings needed to rebuild the model);
+  keys `layers.N.mlp.experts.{w1,w2,w3}_{A,B}` of shape (E, r, in) / (E, out, r) and
+  `layers.N.mlp.gate.adapter_{A,B}`; update = B @ A * alpha / r) and `zh_adapt.json` (`format` 2; base model,
+  vocab size, LoRA settings needed to rebuild the model);
 - `adapter/embeddings.safetensors` for `--vocab ext`: the full resized `embed_tokens` / `lm_head` weights;
 - `tokenizer/`: the run's tokenizer folder.
 """
@@ -25,11 +25,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zhdata.errors import InputError
 
 from .config import RunConfig
-from .quant import (MOE_ADAPTER_NAMES, LoraRouter, NF4LoraExperts, dequantize_linears, enable_moe_adapters, load_moe_adapter_state,
-                    merge_moe_modules, module_type, moe_adapter_state, quantize_layers, setup_summary)
+from .loader import load_nf4
+from .quant import (EXPERT_ADAPTER_NAMES, MOE_ADAPTER_NAMES, LoraRouter, NF4LoraExperts, dequantize_linears,
+                    enable_moe_adapters, load_moe_adapter_state, merge_moe_modules, module_type, moe_adapter_state,
+                    setup_summary)
 
 ADAPTER_DIR, TOKENIZER_DIR = "adapter", "tokenizer"
 META_FILE, MOE_FILE, EMB_FILE = "zh_adapt.json", "moe_adapter.safetensors", "embeddings.safetensors"
+# 2: separate LoRA on each expert's w1, w2, w3 (format 1 shared one LoRA between w1 and w3).
+ADAPTER_FORMAT = 2
 
 
 class SetupError(RuntimeError):
@@ -55,18 +59,12 @@ def is_moe(model) -> bool:
 def load_quantized(model_dir: str | Path, device: torch.device, dtype: torch.dtype, *, lora_r: int, lora_alpha: float,
                    lora_dropout: float = 0.0, expert_lora: bool = True, router_lora: bool = True, blocksize: int = 64,
                    progress: bool = True):
-    """The base model with every decoder `nn.Linear` and MoE expert matrix in NF4 (double quantisation).
-
-    Weights are read to CPU in `dtype` and quantized layer by layer onto `device`; LoRA factors on experts
-    and router are created here (peft adds the attention ones in `attach_adapters`)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise InputError(model_dir, None, "not a Hugging Face model folder (no config.json)")
-    load_dtype = dtype if dtype != torch.float32 or device.type == "cpu" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype, device_map="cpu")
-    quantize_layers(model, device, dtype, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+    """The base model with every decoder `nn.Linear` and MoE expert matrix in NF4 (double quantisation),
+    streamed from the checkpoint's safetensors one tensor at a time (`train/loader.py`) and quantized onto
+    `device`; LoRA factors on experts and router are created here (peft adds the attention ones in
+    `attach_adapters`)."""
+    return load_nf4(model_dir, device, dtype, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                     expert_lora=expert_lora, router_lora=router_lora, blocksize=blocksize, progress=progress)
-    return model
 
 
 def peft_config(cfg: RunConfig, new_token_ids: list[int] | None, inference: bool = False) -> LoraConfig:
@@ -107,7 +105,7 @@ def analytic_trainable(config, cfg: RunConfig, moe: bool, new_rows: int, vocab_r
         out[kind] = out.get(kind, 0) + n_layers * r * sum(dims[t])
     if moe and cfg.expert_lora:
         e = config.num_local_experts
-        out["experts"] = n_layers * e * r * ((h + 2 * inter) + (inter + h))
+        out["experts"] = n_layers * e * 3 * r * (h + inter)  # w1, w2, w3: r x (in + out) each
     if moe and cfg.router_lora:
         out["router"] = n_layers * r * (h + config.num_local_experts)
     rows = {"train": vocab_rows, "new": new_rows, "frozen": 0}[cfg.embeddings]
@@ -132,7 +130,7 @@ def verify_setup(model, cfg: RunConfig, new_rows: int = 0) -> dict:
         if type(mod).__name__.endswith("Experts") and not isinstance(mod, NF4LoraExperts):
             problems.append(f"{name} is a 16-bit {type(mod).__name__}")
         if isinstance(mod, NF4LoraExperts) and cfg.expert_lora and not (
-                mod.r and all(getattr(mod, n).requires_grad for n in ("gate_up_A", "gate_up_B", "down_A", "down_B"))):
+                mod.r and all(getattr(mod, n).requires_grad for n in EXPERT_ADAPTER_NAMES)):
             problems.append(f"{name} has no trainable expert adapter")
         if moe and cfg.router_lora and leaf == "gate" and ".mlp" in name and not (
                 isinstance(mod, LoraRouter) and mod.adapter_A.requires_grad and mod.adapter_B.requires_grad):
@@ -172,7 +170,7 @@ def save_adapter(model: PeftModel, out_dir: Path, cfg: RunConfig, vocab_rows: in
     if cfg.vocab == "ext":
         save_file({"embed_tokens": _effective_rows(model, "embed_tokens"), "lm_head": _effective_rows(model, "lm_head")},
                   adir / EMB_FILE)
-    meta = {"format": 1, "base_model": str(Path(cfg.model).resolve()), "vocab": cfg.vocab, "vocab_rows": vocab_rows,
+    meta = {"format": ADAPTER_FORMAT, "base_model": str(Path(cfg.model).resolve()), "vocab": cfg.vocab, "vocab_rows": vocab_rows,
             "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "expert_lora": cfg.expert_lora and is_moe(base),
             "router_lora": cfg.router_lora and is_moe(base), "quant_blocksize": cfg.quant_blocksize,
             "embeddings": cfg.embeddings}
@@ -206,6 +204,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", for_merge:
     meta = _run_meta(run_dir)
     if meta is None:
         raise InputError(run_dir, None, f"not a `train run` output folder (no {ADAPTER_DIR}/{META_FILE})")
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise InputError(run_dir / ADAPTER_DIR / META_FILE, None,
+                         f"adapter format {meta.get('format')}, this version reads format {ADAPTER_FORMAT} only "
+                         "(format 1 shared one LoRA between each expert's w1 and w3)",
+                         hint="train the run again with this version")
     device = torch.device(device)
     dtype = compute_dtype(device)
     model = load_quantized(meta["base_model"], device, dtype, lora_r=meta["lora_r"], lora_alpha=meta["lora_alpha"],

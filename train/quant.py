@@ -5,14 +5,15 @@ touch, and peft's `target_parameters` LoRA silently loses adapters once those pa
 (see NOTES.md). So the MoE block gets modules of our own:
 
 - `NF4LoraExperts` replaces `MixtralExperts`: one bitsandbytes `Linear4bit` (NF4, double quantisation) per
-  expert matrix, plus per-expert LoRA factors `gate_up_A (E, r, H)`, `gate_up_B (E, 2I, r)`,
-  `down_A (E, r, I)`, `down_B (E, H, r)`; routing and expert math are transformers' eager path.
+  expert and matrix, `w1` (gate, I x H), `w2` (down, H x I) and `w3` (up, I x H) as in the released
+  checkpoints, each with its own per-expert rank-r LoRA as in the paper: `w1_A (E, r, H)`, `w1_B (E, I, r)`,
+  `w3_A (E, r, H)`, `w3_B (E, I, r)`, `w2_A (E, r, I)`, `w2_B (E, H, r)`; routing and expert math are
+  transformers' eager path.
 - `LoraRouter` replaces `MixtralTopKRouter` (it subclasses it, so transformers still records its logits for
   the load-balancing loss): frozen router weight plus `adapter_A (r, H)`, `adapter_B (E, r)`.
 
 Attention (and a dense model's MLP) `nn.Linear` layers become `Linear4bit`; peft puts LoRA on them.
-`quantize_layers` does all this one decoder layer at a time, moving each layer to the device only once it
-is 4-bit, so the 16-bit experts are never all on the GPU together.
+`train/loader.py` builds these modules while it streams the checkpoint, one tensor at a time.
 """
 
 from __future__ import annotations
@@ -30,16 +31,22 @@ from tqdm import tqdm
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts, MixtralTopKRouter
 
 # Names of the LoRA parameters that live in our own modules (peft's own contain "lora_").
-MOE_ADAPTER_NAMES = ("gate_up_A", "gate_up_B", "down_A", "down_B", "adapter_A", "adapter_B")
+EXPERT_MATRICES = ("w1", "w2", "w3")  # gate, down, up: the names of the released Mixtral checkpoints
+EXPERT_ADAPTER_NAMES = tuple(f"{w}_{f}" for w in EXPERT_MATRICES for f in "AB")
+MOE_ADAPTER_NAMES = (*EXPERT_ADAPTER_NAMES, "adapter_A", "adapter_B")
 
 
-def to_linear4bit(weight: torch.Tensor, device: torch.device, compute_dtype: torch.dtype, blocksize: int = 64) -> bnb.nn.Linear4bit:
-    """A frozen NF4 (double-quantized) `Linear4bit` holding `weight (out, in)`, quantized on `device`."""
+def to_linear4bit(weight: torch.Tensor, device: torch.device, compute_dtype: torch.dtype, blocksize: int = 64,
+                  bias: torch.Tensor | None = None) -> bnb.nn.Linear4bit:
+    """A frozen NF4 (double-quantized) `Linear4bit` holding `weight (out, in)`, quantized on `device` (the
+    16-bit tensor is moved there and quantized by bitsandbytes' own `quantize_4bit`)."""
     out_f, in_f = weight.shape
-    lin = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=compute_dtype, compress_statistics=True,
+    lin = bnb.nn.Linear4bit(in_f, out_f, bias=bias is not None, compute_dtype=compute_dtype, compress_statistics=True,
                             quant_type="nf4", device="meta")
     lin.weight = bnb.nn.Params4bit(weight.detach().contiguous(), requires_grad=False, quant_type="nf4",
                                    compress_statistics=True, blocksize=blocksize)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.detach().float(), requires_grad=False)
     # bitsandbytes' CPU inference path repacks the weight in place with bf16 scales (lossy, and dequantize_4bit
     # no longer reads it): keep one NF4 layout so eval logits, training and `train merge` agree.
     lin.support_avx512bf16_for_cpu = False
@@ -75,29 +82,38 @@ class LoraFactors(nn.Module):
 
 
 class NF4LoraExperts(LoraFactors):
-    """`MixtralExperts` with NF4 expert weights and optional per-expert LoRA on gate_up (w1, w3) and down (w2)."""
+    """`MixtralExperts` with NF4 expert weights and optional per-expert LoRA on each of w1, w2 and w3.
 
-    def __init__(self, experts: MixtralExperts, device: torch.device, compute_dtype: torch.dtype,
+    `read(e, w)` gives expert `e`'s matrix `w` ("w1", "w2", "w3") as a 16-bit tensor; each is quantized onto
+    `device` before the next is read, so at most one expert matrix is ever held in 16-bit."""
+
+    def __init__(self, num_experts: int, hidden_dim: int, intermediate_dim: int, act_fn: Callable,
+                 read: Callable[[int, str], torch.Tensor], device: torch.device, compute_dtype: torch.dtype,
                  r: int = 0, alpha: float = 0.0, dropout: float = 0.0, blocksize: int = 64):
         super().__init__()
-        self.num_experts, self.hidden_dim, self.intermediate_dim = (
-            experts.num_experts, experts.hidden_dim, experts.intermediate_dim)
-        self.act_fn = experts.act_fn
-        self.gate_up = nn.ModuleList(to_linear4bit(w, device, compute_dtype, blocksize) for w in experts.gate_up_proj)
-        self.down = nn.ModuleList(to_linear4bit(w, device, compute_dtype, blocksize) for w in experts.down_proj)
+        self.num_experts, self.hidden_dim, self.intermediate_dim = num_experts, hidden_dim, intermediate_dim
+        self.act_fn = act_fn
+        for w in EXPERT_MATRICES:
+            setattr(self, w, nn.ModuleList(to_linear4bit(read(e, w), device, compute_dtype, blocksize)
+                                           for e in range(num_experts)))
         self._setup_lora(r, alpha, dropout)
         if r:
-            e, h, i = self.num_experts, self.hidden_dim, self.intermediate_dim
-            make = lambda *shape: nn.Parameter(torch.empty(*shape, device=device, dtype=torch.float32))  # noqa: E731
-            self.gate_up_A, self.gate_up_B = make(e, r, h), make(e, 2 * i, r)
-            self.down_A, self.down_B = make(e, r, i), make(e, h, r)
-            _init_lora_pair(self.gate_up_A, self.gate_up_B)
-            _init_lora_pair(self.down_A, self.down_B)
+            for w, (out_f, in_f) in self.shapes().items():
+                a = nn.Parameter(torch.empty(num_experts, r, in_f, device=device, dtype=torch.float32))
+                b = nn.Parameter(torch.empty(num_experts, out_f, r, device=device, dtype=torch.float32))
+                _init_lora_pair(a, b)
+                setattr(self, f"{w}_A", a)
+                setattr(self, f"{w}_B", b)
 
-    def _proj(self, x: torch.Tensor, e: int, base: nn.ModuleList, name: str) -> torch.Tensor:
-        y = base[e](x)
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """(out, in) of each expert matrix."""
+        h, i = self.hidden_dim, self.intermediate_dim
+        return {"w1": (i, h), "w2": (h, i), "w3": (i, h)}
+
+    def _proj(self, x: torch.Tensor, e: int, w: str) -> torch.Tensor:
+        y = getattr(self, w)[e](x)
         if self.r:
-            y = y + self._lora(x, getattr(self, f"{name}_A")[e], getattr(self, f"{name}_B")[e])
+            y = y + self._lora(x, getattr(self, f"{w}_A")[e], getattr(self, f"{w}_B")[e])
         return y
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -112,8 +128,7 @@ class NF4LoraExperts(LoraFactors):
                 continue
             top_k_pos, token_idx = torch.where(expert_mask[e])
             current = hidden_states[token_idx]
-            gate, up = self._proj(current, e, self.gate_up, "gate_up").chunk(2, dim=-1)
-            current = self._proj(self.act_fn(gate) * up, e, self.down, "down")
+            current = self._proj(self.act_fn(self._proj(current, e, "w1")) * self._proj(current, e, "w3"), e, "w2")
             current = current * top_k_weights[token_idx, top_k_pos, None]
             final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
         return final_hidden_states
@@ -122,25 +137,25 @@ class NF4LoraExperts(LoraFactors):
     def merged(self, config) -> MixtralExperts:
         """A plain `MixtralExperts` whose weights are dequantized NF4 plus the LoRA update."""
         out = MixtralExperts(config)
-        gate_up = torch.stack([dequantized(m) for m in self.gate_up]).float()
-        down = torch.stack([dequantized(m) for m in self.down]).float()
-        if self.r:
-            gate_up += torch.bmm(self.gate_up_B, self.gate_up_A) * self.scaling
-            down += torch.bmm(self.down_B, self.down_A) * self.scaling
-        out.gate_up_proj = nn.Parameter(gate_up)
-        out.down_proj = nn.Parameter(down)
+        full = {}
+        for w in EXPERT_MATRICES:
+            full[w] = torch.stack([dequantized(m) for m in getattr(self, w)]).float()
+            if self.r:
+                full[w] += torch.bmm(getattr(self, f"{w}_B"), getattr(self, f"{w}_A")) * self.scaling
+        out.gate_up_proj = nn.Parameter(torch.cat([full["w1"], full["w3"]], dim=1))
+        out.down_proj = nn.Parameter(full["w2"])
         return out
 
 
 class LoraRouter(MixtralTopKRouter, LoraFactors):
     """Mixtral's top-k router with a frozen weight and a LoRA update of its logits."""
 
-    def __init__(self, router: MixtralTopKRouter, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, router: MixtralTopKRouter, weight: torch.Tensor, r: int, alpha: float, dropout: float = 0.0):
         nn.Module.__init__(self)
         self.top_k, self.num_experts, self.hidden_dim = router.top_k, router.num_experts, router.hidden_dim
-        self.weight = nn.Parameter(router.weight.data, requires_grad=False)
+        self.weight = nn.Parameter(weight, requires_grad=False)
         self._setup_lora(r, alpha, dropout)
-        dev = router.weight.device
+        dev = weight.device
         self.adapter_A = nn.Parameter(torch.empty(r, self.hidden_dim, device=dev, dtype=torch.float32))
         self.adapter_B = nn.Parameter(torch.empty(self.num_experts, r, device=dev, dtype=torch.float32))
         _init_lora_pair(self.adapter_A, self.adapter_B)
@@ -160,53 +175,9 @@ class LoraRouter(MixtralTopKRouter, LoraFactors):
         return out
 
 
-def _set_child(root: nn.Module, dotted: str, new: nn.Module) -> None:
+def set_child(root: nn.Module, dotted: str, new: nn.Module) -> None:
     parent_name, _, child = dotted.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
-def quantize_layer(layer: nn.Module, device: torch.device, compute_dtype: torch.dtype, *, lora_r: int,
-                   lora_alpha: float, lora_dropout: float, expert_lora: bool, router_lora: bool,
-                   blocksize: int = 64) -> None:
-    """One decoder layer: `nn.Linear` → NF4 `Linear4bit`, `MixtralExperts` → `NF4LoraExperts`, router →
-    `LoraRouter` (when asked), all on `device`; its other parameters (norms) moved there too."""
-    for name, mod in list(layer.named_modules()):
-        if isinstance(mod, MixtralExperts):
-            new = NF4LoraExperts(mod, device, compute_dtype, lora_r if expert_lora else 0, lora_alpha,
-                                 lora_dropout, blocksize)
-        elif isinstance(mod, MixtralTopKRouter) and not isinstance(mod, LoraRouter):
-            mod.to(device=device, dtype=torch.float32)
-            if not router_lora:
-                mod.weight.requires_grad_(False)
-                continue
-            new = LoraRouter(mod, lora_r, lora_alpha, lora_dropout)
-        elif type(mod) is nn.Linear:
-            new = to_linear4bit(mod.weight.data, device, compute_dtype, blocksize)
-        else:
-            continue
-        _set_child(layer, name, new)
-        del mod
-    for p in layer.parameters():
-        if not isinstance(p, bnb.nn.Params4bit) and p.device != device:
-            p.data = p.data.to(device=device)
-
-
-def quantize_layers(model: nn.Module, device: torch.device, compute_dtype: torch.dtype, *, progress: bool = True,
-                    **lora) -> None:
-    """`quantize_layer` on every decoder layer in turn (so the 16-bit experts are never all on `device`), then
-    the remaining parameters and buffers to `device`. `lora`: the keyword arguments of `quantize_layer`."""
-    for layer in tqdm(model.get_decoder().layers, desc="quantize NF4", unit="layer", disable=not progress):
-        quantize_layer(layer, device, compute_dtype, **lora)
-    # Everything not 4-bit (embeddings, LM head, norms, router, adapters) is small and kept fp32; on GPU the
-    # forward runs under bf16 autocast, so trained rows keep full-precision master weights.
-    for p in model.parameters():
-        if not isinstance(p, bnb.nn.Params4bit) and (p.device != device or p.dtype != torch.float32):
-            p.data = p.data.to(device=device, dtype=torch.float32)
-    for buf_owner in model.modules():
-        for bname, b in list(buf_owner.named_buffers(recurse=False)):
-            if b.device != device:
-                setattr(buf_owner, bname, b.to(device))
-    model.is_loaded_in_4bit = True  # peft then wraps our Linear4bit layers with its bnb LoRA layer
 
 
 def enable_moe_adapters(model: nn.Module) -> None:
@@ -241,7 +212,7 @@ def merge_moe_modules(model: nn.Module) -> None:
     config = model.config
     for name, mod in list(model.named_modules()):
         if isinstance(mod, (NF4LoraExperts, LoraRouter)):
-            _set_child(model, name, mod.merged(config))
+            set_child(model, name, mod.merged(config))
 
 
 def dequantize_linears(model: nn.Module) -> None:
@@ -251,7 +222,7 @@ def dequantize_linears(model: nn.Module) -> None:
             w = dequantized(mod).float()
             lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device)
             lin.weight = nn.Parameter(w)
-            _set_child(model, name, lin)
+            set_child(model, name, lin)
 
 
 def module_type(name: str) -> str:

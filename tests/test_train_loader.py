@@ -1,0 +1,199 @@
+"""The streaming NF4 loader on tiny checkpoints written here in each layout: the Hub's per-expert Mixtral layout
+sharded (one layer's experts split across two shards), transformers 5's fused layout, and dense Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+
+from train.loader import Checkpoint, load_nf4
+from train.quant import NF4LoraExperts
+from zhdata.errors import InputError
+
+H, I, E, LAYERS = 64, 128, 4, 2
+MIX = MixtralConfig(vocab_size=256, hidden_size=H, intermediate_size=I, num_hidden_layers=LAYERS,
+                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=E, num_experts_per_tok=2,
+                    max_position_embeddings=128, tie_word_embeddings=False)
+LORA = dict(lora_r=4, lora_alpha=8)
+
+
+def per_expert_state(fused: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' in-memory (fused) Mixtral state dict in the Hub's per-expert layout."""
+    out = {}
+    for k, v in fused.items():
+        if k.endswith("experts.gate_up_proj"):
+            base = k.removesuffix("gate_up_proj").replace(".mlp.", ".block_sparse_moe.")
+            for e in range(v.shape[0]):
+                out[f"{base}{e}.w1.weight"], out[f"{base}{e}.w3.weight"] = v[e, :I].clone(), v[e, I:].clone()
+        elif k.endswith("experts.down_proj"):
+            base = k.removesuffix("down_proj").replace(".mlp.", ".block_sparse_moe.")
+            for e in range(v.shape[0]):
+                out[f"{base}{e}.w2.weight"] = v[e].clone()
+        else:
+            out[k.replace(".mlp.gate.", ".block_sparse_moe.gate.")] = v
+    return out
+
+
+def write_sharded(state: dict[str, torch.Tensor], folder: Path, config, shards: list[list[str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    weight_map = {}
+    for n, keys in enumerate(shards, 1):
+        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: state[k].contiguous() for k in keys}, folder / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in keys})
+    assert set(weight_map) == set(state)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def mixtral_checkpoints(root: Path, dtype=torch.bfloat16) -> tuple[MixtralForCausalLM, Path, Path]:
+    """(model, per-expert sharded folder, fused single-file folder)."""
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(MIX).to(dtype)
+    fused = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    hub = per_expert_state(fused)
+    layer0_experts = sorted(k for k in hub if ".0.block_sparse_moe.experts." in k)
+    split = [k for k in layer0_experts if int(k.split(".experts.")[1].split(".")[0]) < E // 2]
+    rest = sorted(set(hub) - set(layer0_experts))
+    shards = [split + rest[: len(rest) // 2], sorted(set(layer0_experts) - set(split)), rest[len(rest) // 2:]]
+    per = write_sharded(hub, root / "per-expert", MIX, shards)
+    fused_dir = root / "fused"
+    fused_dir.mkdir()
+    MIX.save_pretrained(fused_dir)
+    save_file(fused, fused_dir / "model.safetensors", metadata={"format": "pt"})
+    return model, per, fused_dir
+
+
+def load(path: Path, **kw):
+    return load_nf4(path, torch.device("cpu"), torch.float32, progress=False, **{**LORA, **kw})
+
+
+def packed(model) -> dict[str, torch.Tensor]:
+    """Every 4-bit weight's packed bytes and block scales, by parameter name."""
+    out = {}
+    for n, p in model.named_parameters():
+        if isinstance(p, bnb.nn.Params4bit):
+            out[n] = p.data.clone()
+            out[n + ".absmax"] = p.quant_state.state2.absmax.clone()
+            out[n + ".absmax_q"] = p.quant_state.absmax.clone()
+    return out
+
+
+def test_per_expert_sharded_and_fused_load_to_identical_nf4_equal_to_bitsandbytes(tmp_path):
+    model, per, fused = mixtral_checkpoints(tmp_path)
+    # the per-expert folder is the layout transformers itself writes, and it converts it back to the same model
+    model.save_pretrained(tmp_path / "hf")
+    hf_keys = set(json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())["weight_map"]) \
+        if (tmp_path / "hf" / "model.safetensors.index.json").exists() else None
+    if hf_keys is None:
+        from safetensors import safe_open
+        with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as f:
+            hf_keys = set(f.keys())
+    assert hf_keys == set(Checkpoint(per).file_of)
+    ref = AutoModelForCausalLM.from_pretrained(per, dtype=torch.bfloat16)
+    assert torch.equal(ref.model.layers[0].mlp.experts.gate_up_proj, model.model.layers[0].mlp.experts.gate_up_proj)
+
+    a, b = load(per), load(fused)
+    qa, qb = packed(a), packed(b)
+    assert qa.keys() == qb.keys() and len(qa) == 3 * LAYERS * (3 * E + 4)
+    for k in qa:
+        assert torch.equal(qa[k], qb[k]), k
+    for layer in range(LAYERS):  # bit for bit what bitsandbytes' own quantize_4bit makes of each weight
+        ex = a.model.layers[layer].mlp.experts
+        assert isinstance(ex, NF4LoraExperts)
+        gate_up = model.model.layers[layer].mlp.experts.gate_up_proj.float()
+        want = {"w1": gate_up[:, :I], "w3": gate_up[:, I:], "w2": model.model.layers[layer].mlp.experts.down_proj.float()}
+        for w, full in want.items():
+            for e in range(E):
+                q, st = bnb.functional.quantize_4bit(full[e].contiguous(), blocksize=64, compress_statistics=True,
+                                                     quant_type="nf4")
+                got = getattr(ex, w)[e].weight
+                assert torch.equal(got.data, q) and torch.equal(got.quant_state.absmax, st.absmax), (layer, w, e)
+        q, _ = bnb.functional.quantize_4bit(model.model.layers[layer].self_attn.q_proj.weight.float(), blocksize=64,
+                                            compress_statistics=True, quant_type="nf4")
+        assert torch.equal(a.model.layers[layer].self_attn.q_proj.weight.data, q)
+        assert torch.equal(a.model.layers[layer].mlp.gate.weight, model.model.layers[layer].mlp.gate.weight.float())
+    assert torch.equal(a.lm_head.weight, model.lm_head.weight.float()) and a.lm_head.weight.dtype == torch.float32
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        la, lb, lr = a(input_ids=ids).logits, b(input_ids=ids).logits, ref.float()(input_ids=ids).logits
+    assert torch.equal(la, lb)
+    assert 0 < (la - lr).abs().max() < 0.5 * lr.abs().max()  # NF4 of the same model: close, not equal
+
+
+def test_loader_holds_one_16bit_matrix_at_a_time(tmp_path):
+    _, per, _ = mixtral_checkpoints(tmp_path, dtype=torch.float32)
+    ckpt = Checkpoint(per)
+    load_nf4(per, torch.device("cpu"), torch.float32, progress=False, checkpoint=ckpt, **LORA)
+    matrix = I * H * 4
+    assert ckpt.meter.peak == matrix and ckpt.meter.live == 0
+    assert ckpt.used == set(ckpt.file_of)
+    # the meter does see a loader that keeps a layer's experts in 16-bit: the whole set would count
+    greedy = Checkpoint(per)
+    mod = MixtralForCausalLM(MIX).model.layers[0].mlp.experts
+    held = [greedy.expert("model.layers.0.mlp.experts", e, w, mod, torch.float32) for e in range(E) for w in ("w1", "w2", "w3")]
+    assert greedy.meter.peak == 3 * E * matrix == sum(t.numel() * 4 for t in held)
+
+
+def test_dense_llama_and_tied_embeddings(tmp_path):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    llama = LlamaForCausalLM(cfg)
+    llama.save_pretrained(tmp_path / "llama")
+    m = load(tmp_path / "llama")
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    assert torch.equal(m.model.embed_tokens.weight, llama.model.embed_tokens.weight)
+    for name in ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"):
+        q, _ = bnb.functional.quantize_4bit(llama.model.layers[1].get_submodule(name).weight.detach(), blocksize=64,
+                                            compress_statistics=True, quant_type="nf4")
+        assert torch.equal(m.model.layers[1].get_submodule(name).weight.data, q), name
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = m(input_ids=ids).logits, llama(input_ids=ids).logits
+    assert (got - want).abs().max() < 0.5 * want.abs().max()
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("missing", "model.layers.1.mlp.experts.3.w2.weight: missing tensor"),
+    ("unexpected", "model.layers.9.extra.weight: unexpected tensor"),
+    ("int8", "model.layers.0.self_attn.q_proj.weight: dtype I8"),
+    ("shape", "model.layers.0.self_attn.k_proj.weight: shape [64, 64], but config.json's model expects [32, 64]"),
+])
+def test_bad_checkpoints_fail_with_one_line_naming_file_and_key(tmp_path, damage, message):
+    _, per, _ = mixtral_checkpoints(tmp_path)
+    state = _state(per)
+    if damage == "missing":
+        del state["model.layers.1.block_sparse_moe.experts.3.w2.weight"]
+    elif damage == "unexpected":
+        state["model.layers.9.extra.weight"] = torch.zeros(2)
+    elif damage == "int8":
+        state["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(64, 64, dtype=torch.int8)
+    else:
+        state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(64, 64)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    MIX.save_pretrained(bad)
+    save_file(state, bad / "model.safetensors")
+    with pytest.raises(InputError) as err:
+        load(bad)
+    text = str(err.value)
+    assert "\n" not in text and str(bad / "model.safetensors") in text and message in text, text
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(InputError, match="no model.safetensors or model.safetensors.index.json"):
+        load(bad)
