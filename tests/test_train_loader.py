@@ -1,5 +1,6 @@
-"""The streaming NF4 loader on tiny checkpoints written here in each layout: the Hub's per-expert Mixtral layout
-sharded (one layer's experts split across two shards), transformers 5's fused layout, and dense Llama."""
+"""The streaming NF4 loader and the streaming merge on tiny checkpoints written here in each layout: the Hub's
+per-expert Mixtral layout sharded (one layer's experts split across two shards), transformers 5's fused
+layout, and dense Llama."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
+from train.config import RunConfig
 from train.loader import Checkpoint, load_nf4
+from train.merge import merge
+from train.model import META_FILE, attach_adapters, load_quantized, save_adapter
 from train.quant import NF4LoraExperts
 from zhdata.errors import InputError
 
@@ -197,3 +201,70 @@ def test_bad_checkpoints_fail_with_one_line_naming_file_and_key(tmp_path, damage
     (bad / "model.safetensors").unlink()
     with pytest.raises(InputError, match="no model.safetensors or model.safetensors.index.json"):
         load(bad)
+
+
+def _adapted_run(base: Path, out: Path):
+    """A run folder as `train run` writes it, with every adapter (and the trained embedding copies) random, so
+    every delta the merge adds is non-zero."""
+    cfg = RunConfig(model=str(base), data="-", output_dir=str(out), lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    pm = attach_adapters(load_quantized(base, torch.device("cpu"), torch.float32, progress=False, **LORA), cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if p.requires_grad and (n.endswith("_B") or ".lora_B." in n or "modules_to_save" in n):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_adapter(pm, out, cfg, 256)
+    return pm.eval()
+
+
+def _keys_by_file(folder: Path) -> dict[str, set[str]]:
+    from safetensors import safe_open
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            out[f.name] = set(h.keys())
+    return out
+
+
+def test_streaming_merge_keeps_the_layout_and_matches_the_run(tmp_path):
+    _, per, fused = mixtral_checkpoints(tmp_path)
+    run = tmp_path / "run"
+    pm = _adapted_run(per, run)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = pm(input_ids=ids).logits
+    logits = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / f"merged-{dtype}"
+        m = merge(run, out, dtype, progress=False)
+        assert _keys_by_file(out) == _keys_by_file(per)  # per-expert stays per-expert, in the same shards
+        assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"] == \
+            json.loads((per / "model.safetensors.index.json").read_text())["weight_map"]
+        assert m["model"]["shards"] == 3 and m["model"]["vocab_size"] == 256
+        merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        with torch.no_grad():
+            logits[dtype] = merged(input_ids=ids).logits
+    rel = lambda a: float((a - want).abs().max() / want.abs().max())  # noqa: E731
+    assert rel(logits["fp32"]) < 1e-5, rel(logits["fp32"])
+    assert rel(logits["bf16"]) < 3e-2, rel(logits["bf16"])  # README: bf16 rounding of the merged weights
+    base_logits = AutoModelForCausalLM.from_pretrained(per, dtype=torch.float32)(input_ids=ids).logits.detach()
+    assert float((base_logits - want).abs().max()) > 0.05  # the adapters (and embeddings) really changed the model
+
+    # the same adapters on the same weights stored fused: fused output, same model
+    run_fused = tmp_path / "run-fused"
+    import shutil
+    shutil.copytree(run, run_fused)
+    meta_file = run_fused / "adapter" / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "base_model": str(fused)}))
+    out = tmp_path / "merged-fused"
+    merge(run_fused, out, "fp32", progress=False)
+    assert _keys_by_file(out) == _keys_by_file(fused)
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(input_ids=ids).logits
+    assert rel(got) < 1e-5
+
+    # a run folder of the old adapter format (one LoRA shared by w1 and w3) is refused
+    meta_file.write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(InputError, match="adapter format 1"):
+        merge(run_fused, tmp_path / "old", "fp32", progress=False)

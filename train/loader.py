@@ -177,7 +177,7 @@ def materialize_layer(layer: nn.Module, prefix: str, source, device: torch.devic
             if not router_lora:
                 mod.weight = nn.Parameter(weight, requires_grad=False)
                 continue
-            new = LoraRouter(mod, weight, lora_r, lora_alpha, lora_dropout)
+            new = LoraRouter(mod, lora_r, lora_alpha, lora_dropout, weight=weight)
         elif type(mod) is nn.Linear:
             weight = source.tensor(f"{full}.weight", tuple(mod.weight.shape), dtype, metered=True)
             bias = None if mod.bias is None else source.tensor(f"{full}.bias", tuple(mod.bias.shape), torch.float32)

@@ -6,7 +6,8 @@ A `train run` output folder holds (see `save_adapter`):
   keys `layers.N.mlp.experts.{w1,w2,w3}_{A,B}` of shape (E, r, in) / (E, out, r) and
   `layers.N.mlp.gate.adapter_{A,B}`; update = B @ A * alpha / r) and `zh_adapt.json` (`format` 2; base model,
   vocab size, LoRA settings needed to rebuild the model);
-- `adapter/embeddings.safetensors` for `--vocab ext`: the full resized `embed_tokens` / `lm_head` weights;
+- `adapter/embeddings.safetensors` for `--vocab ext` or trained embeddings: the full (resized) `embed_tokens` /
+  `lm_head` weights the run uses;
 - `tokenizer/`: the run's tokenizer folder.
 """
 
@@ -26,9 +27,8 @@ from zhdata.errors import InputError
 
 from .config import RunConfig
 from .loader import load_nf4
-from .quant import (EXPERT_ADAPTER_NAMES, MOE_ADAPTER_NAMES, LoraRouter, NF4LoraExperts, dequantize_linears,
-                    enable_moe_adapters, load_moe_adapter_state, merge_moe_modules, module_type, moe_adapter_state,
-                    setup_summary)
+from .quant import (EXPERT_ADAPTER_NAMES, MOE_ADAPTER_NAMES, LoraRouter, NF4LoraExperts, enable_moe_adapters,
+                    load_moe_adapter_state, module_type, moe_adapter_state, setup_summary)
 
 ADAPTER_DIR, TOKENIZER_DIR = "adapter", "tokenizer"
 META_FILE, MOE_FILE, EMB_FILE = "zh_adapt.json", "moe_adapter.safetensors", "embeddings.safetensors"
@@ -167,7 +167,7 @@ def save_adapter(model: PeftModel, out_dir: Path, cfg: RunConfig, vocab_rows: in
     model.save_pretrained(adir)
     save_file(moe_adapter_state(model), adir / MOE_FILE)
     base = model.get_base_model()
-    if cfg.vocab == "ext":
+    if cfg.vocab == "ext" or cfg.embeddings != "frozen":
         save_file({"embed_tokens": _effective_rows(model, "embed_tokens"), "lm_head": _effective_rows(model, "lm_head")},
                   adir / EMB_FILE)
     meta = {"format": ADAPTER_FORMAT, "base_model": str(Path(cfg.model).resolve()), "vocab": cfg.vocab, "vocab_rows": vocab_rows,
@@ -197,10 +197,8 @@ def _run_meta(run_dir: Path) -> dict | None:
     return json.loads(f.read_text(encoding="utf-8")) if f.exists() else None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", for_merge: bool = False, progress: bool = False):
-    """A `train run` folder as a model: NF4 base + adapters (or, `for_merge`, dequantized base with adapters
-    ready for `merge_and_unload`). Returns (peft model, tokenizer)."""
-    run_dir = Path(run_dir)
+def run_meta(run_dir: Path) -> dict:
+    """The run folder's `zh_adapt.json`, refused unless it is a finished run in this version's adapter format."""
     meta = _run_meta(run_dir)
     if meta is None:
         raise InputError(run_dir, None, f"not a `train run` output folder (no {ADAPTER_DIR}/{META_FILE})")
@@ -209,6 +207,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", for_merge:
                          f"adapter format {meta.get('format')}, this version reads format {ADAPTER_FORMAT} only "
                          "(format 1 shared one LoRA between each expert's w1 and w3)",
                          hint="train the run again with this version")
+    return meta
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", progress: bool = False):
+    """A `train run` folder as a model: NF4 base + adapters. Returns (peft model, tokenizer)."""
+    run_dir = Path(run_dir)
+    meta = run_meta(run_dir)
     device = torch.device(device)
     dtype = compute_dtype(device)
     model = load_quantized(meta["base_model"], device, dtype, lora_r=meta["lora_r"], lora_alpha=meta["lora_alpha"],
@@ -222,9 +227,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", for_merge:
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(rows["embed_tokens"])
             model.get_output_embeddings().weight.copy_(rows["lm_head"])
-    if for_merge:
-        dequantize_linears(model)
-        model.is_loaded_in_4bit = False
     pm = PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR, is_trainable=False)
     load_moe_adapter_state(pm, load_file(run_dir / ADAPTER_DIR / MOE_FILE))
     tokenizer = AutoTokenizer.from_pretrained(run_dir / TOKENIZER_DIR)
@@ -241,19 +243,3 @@ def load_for_inference(path: str | Path, device: str = "cpu"):
     dev = torch.device(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype(dev)).to(dev).eval()
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def merge_to_plain(run_dir: str | Path, dtype: torch.dtype = torch.bfloat16, progress: bool = True):
-    """Dequantize the base, merge attention LoRA, embeddings and expert/router LoRA: a plain transformers model."""
-    pm, tokenizer = load_run(run_dir, "cpu", for_merge=True, progress=progress)
-    model = pm.merge_and_unload()
-    merge_moe_modules(model)
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
-    model.config.dtype = dtype
-    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
-    return model, tokenizer
-

@@ -28,7 +28,7 @@ from bitsandbytes.functional import dequantize_4bit
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
-from transformers.models.mixtral.modeling_mixtral import MixtralExperts, MixtralTopKRouter
+from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 
 # Names of the LoRA parameters that live in our own modules (peft's own contain "lora_").
 EXPERT_MATRICES = ("w1", "w2", "w3")  # gate, down, up: the names of the released Mixtral checkpoints
@@ -133,26 +133,16 @@ class NF4LoraExperts(LoraFactors):
             final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
         return final_hidden_states
 
-    @torch.no_grad()
-    def merged(self, config) -> MixtralExperts:
-        """A plain `MixtralExperts` whose weights are dequantized NF4 plus the LoRA update."""
-        out = MixtralExperts(config)
-        full = {}
-        for w in EXPERT_MATRICES:
-            full[w] = torch.stack([dequantized(m) for m in getattr(self, w)]).float()
-            if self.r:
-                full[w] += torch.bmm(getattr(self, f"{w}_B"), getattr(self, f"{w}_A")) * self.scaling
-        out.gate_up_proj = nn.Parameter(torch.cat([full["w1"], full["w3"]], dim=1))
-        out.down_proj = nn.Parameter(full["w2"])
-        return out
-
 
 class LoraRouter(MixtralTopKRouter, LoraFactors):
     """Mixtral's top-k router with a frozen weight and a LoRA update of its logits."""
 
-    def __init__(self, router: MixtralTopKRouter, weight: torch.Tensor, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, router: MixtralTopKRouter, r: int, alpha: float, dropout: float = 0.0,
+                 weight: torch.Tensor | None = None):
+        """`weight`: the router weight to hold (default: `router`'s own; the loader passes the one it read)."""
         nn.Module.__init__(self)
         self.top_k, self.num_experts, self.hidden_dim = router.top_k, router.num_experts, router.hidden_dim
+        weight = router.weight.data if weight is None else weight
         self.weight = nn.Parameter(weight, requires_grad=False)
         self._setup_lora(r, alpha, dropout)
         dev = weight.device
@@ -167,12 +157,6 @@ class LoraRouter(MixtralTopKRouter, LoraFactors):
         router_top_value, router_indices = torch.topk(router_probs, self.top_k, dim=-1)
         router_top_value /= router_top_value.sum(dim=-1, keepdim=True)
         return router_logits, router_top_value, router_indices
-
-    @torch.no_grad()
-    def merged(self, config) -> MixtralTopKRouter:
-        out = MixtralTopKRouter(config)
-        out.weight = nn.Parameter(self.weight.float() + self.adapter_B @ self.adapter_A * self.scaling)
-        return out
 
 
 def set_child(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -205,24 +189,6 @@ def load_moe_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> 
     with torch.no_grad():
         for k, p in own.items():
             p.copy_(state[k])
-
-
-def merge_moe_modules(model: nn.Module) -> None:
-    """Replace our NF4 expert/router modules by plain transformers modules with the LoRA merged in."""
-    config = model.config
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, (NF4LoraExperts, LoraRouter)):
-            set_child(model, name, mod.merged(config))
-
-
-def dequantize_linears(model: nn.Module) -> None:
-    """Replace every `Linear4bit` outside our expert modules by an `nn.Linear` with the dequantized weight."""
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, bnb.nn.Linear4bit) and ".experts." not in f".{name}.":
-            w = dequantized(mod).float()
-            lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device)
-            lin.weight = nn.Parameter(w)
-            set_child(model, name, lin)
 
 
 def module_type(name: str) -> str:
