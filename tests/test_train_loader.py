@@ -268,3 +268,15 @@ def test_streaming_merge_keeps_the_layout_and_matches_the_run(tmp_path):
     meta_file.write_text(json.dumps({**meta, "format": 1}))
     with pytest.raises(InputError, match="adapter format 1"):
         merge(run_fused, tmp_path / "old", "fp32", progress=False)
+
+
+def test_eval_runs_in_the_training_precision():
+    import warnings
+    from contextlib import nullcontext
+
+    from train.model import run_autocast
+    assert isinstance(run_autocast(torch.device("cpu")), nullcontext)
+    with warnings.catch_warnings():  # no CUDA here: torch warns that the context would be disabled
+        warnings.simplefilter("ignore")
+        ctx = run_autocast(torch.device("cuda", 0))
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16

@@ -132,9 +132,12 @@ def routing_stats(model: Any, probe: RouterProbe, docs: list[list[int]], window:
     probe.reset_stats()
     probe.recording = True
     try:
-        with torch.no_grad():
+        from .model import run_autocast
+
+        device = next(model.parameters()).device
+        with torch.no_grad(), run_autocast(device):
             for ids in docs:
-                model(input_ids=torch.tensor([ids[:window]], device=next(model.parameters()).device), use_cache=False)
+                model(input_ids=torch.tensor([ids[:window]], device=device), use_cache=False)
     finally:
         probe.recording = False
     share = probe.counts / probe.counts.sum(-1, keepdim=True).clamp(min=1)

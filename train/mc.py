@@ -207,16 +207,20 @@ def letter_logprobs(model: Any, tok: Any, context: str, continuations: list[str]
     prefix = conditioning_prefix(tok)
     ctx = prefix + encode_text(tok, context)
     fulls = [prefix + encode_text(tok, context + c) for c in continuations]
+    from .model import run_autocast
+
     device = next(model.parameters()).device
     if all(len(f) == len(ctx) + 1 and f[: len(ctx)] == ctx for f in fulls):
-        logits = model(input_ids=torch.tensor([ctx], device=device), use_cache=False, logits_to_keep=1).logits[0, -1].float()
+        with run_autocast(device):
+            logits = model(input_ids=torch.tensor([ctx], device=device), use_cache=False, logits_to_keep=1).logits[0, -1].float()
         lp = torch.log_softmax(logits, -1)
         return [float(lp[f[-1]]) for f in fulls]
     scores = []
     for f in fulls:  # the letter merged with the context's last piece: score the differing tail
         common = next((i for i, (a, b) in enumerate(zip(f, ctx)) if a != b), min(len(f), len(ctx)))
         common = max(1, min(common, len(f) - 1))
-        logits = model(input_ids=torch.tensor([f], device=device), use_cache=False).logits[0].float()
+        with run_autocast(device):
+            logits = model(input_ids=torch.tensor([f], device=device), use_cache=False).logits[0].float()
         lp = torch.log_softmax(logits[common - 1: len(f) - 1], -1)
         scores.append(float(lp.gather(1, torch.tensor(f[common:], device=device)[:, None]).sum()))
     return scores

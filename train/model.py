@@ -14,6 +14,7 @@ A `train run` output folder holds (see `save_adapter`):
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -50,6 +51,12 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def run_autocast(device: torch.device):
+    """The forward precision of `train run` on `device`: bf16 autocast on a GPU, none on CPU (fp32); eval, mc and
+    experts score a model under it, so a run folder is evaluated as it was trained."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def is_moe(model) -> bool:

@@ -63,6 +63,8 @@ def token_nll(model: Any, ids: list[int], window: int, stride: int | None = None
     if len(ids) < 2:
         return torch.zeros(0)
     stride = min(stride or window, window)
+    from .model import run_autocast
+
     device = next(model.parameters()).device
     seq = torch.tensor(ids, dtype=torch.long, device=device)
     n = len(ids)
@@ -73,7 +75,8 @@ def token_nll(model: Any, ids: list[int], window: int, stride: int | None = None
         end = min(begin + window, n)
         first = max(done, begin + 1)
         keep = end - first + 1  # logits only where they predict a scored token (plus the last, unused)
-        logits = model(input_ids=seq[begin:end].unsqueeze(0), use_cache=False, logits_to_keep=keep).logits[0, :-1]
+        with run_autocast(device):
+            logits = model(input_ids=seq[begin:end].unsqueeze(0), use_cache=False, logits_to_keep=keep).logits[0, :-1]
         nll = F.cross_entropy(logits.float(), seq[first:end], reduction="none")
         out[first - 1: end - 1] = nll.double().cpu()
         done = end
