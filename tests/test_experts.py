@@ -14,7 +14,7 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from tokenizer.convert import convert_sentencepiece
 from train.cli import main
 from train.demo_model import make_demo_model
-from train.experts import RouterProbe, expert_importance, mean_loss, routing_stats
+from train.routing import RouterProbe, expert_importance, mean_loss, routing_stats
 from train.quant import LoraRouter
 
 VOCAB = 97

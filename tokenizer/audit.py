@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "audit", help="check a tokenizer: duplicates, unreachable pieces, special tokens, byte fallback, parity, model size",
+        "audit",
         description="Audit a tokenizer folder (or .model): duplicate pieces, pieces the BPE encoder never produces, special "
         "tokens stored as normal pieces, byte-fallback coverage, SentencePiece/Hugging Face id parity (on --corpus text "
         "and built-in probes) and, with --model, the model's vocab_size against the tokenizer. Exit code 1 when a "
@@ -164,4 +164,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_read_options(p)
     p.add_argument("--model", help="Hugging Face model folder whose vocab_size must fit the tokenizer")
     p.add_argument("-o", "--out", help="write audit.json and manifest.json here")
-    p.set_defaults(func=run)

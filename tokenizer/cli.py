@@ -1,13 +1,20 @@
-"""`tokenizer` command line: one sub-command per module; each module registers its own parser."""
+"""`tokenizer` command line. Sub-commands are declared below, one `Command(name, module, help)` each; the module
+has `add_parser(sub)` and `run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from zhdata.command import run
+from zhdata.command import Command, run
 
-# Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS = ["tokenizer.train", "tokenizer.extend", "tokenizer.convert", "tokenizer.embeddings", "tokenizer.audit", "tokenizer.report"]
+COMMANDS = [
+    Command("train", "tokenizer.train", "train a SentencePiece BPE model of Chinese text"),
+    Command("extend", "tokenizer.extend", "add exactly N Chinese pieces to a base vocabulary (ids kept, all reachable, non-CJK unchanged)"),
+    Command("convert", "tokenizer.convert", "SentencePiece model → Hugging Face tokenizer folder (identical ids)"),
+    Command("init-embeddings", "tokenizer.embeddings", "resize a model's embeddings to an extended tokenizer and initialise the new rows"),
+    Command("audit", "tokenizer.audit", "check a tokenizer: duplicates, unreachable pieces, special tokens, byte fallback, parity, model size"),
+    Command("report", "tokenizer.report", "encoding efficiency of tokenizers per corpus (Markdown, JSON, PNG)"),
+]
 DESCRIPTION = ("Tokenizers for Chinese adaptation: train a Chinese SentencePiece model, extend a base vocabulary losslessly, convert to Hugging Face, initialise new embedding rows, audit, and report encoding efficiency.")
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
-from transformers.convert_slow_tokenizer import generate_merges
 
 from zhdata.errors import InputError
 from zhdata.lock import locked_output
@@ -66,6 +65,8 @@ def build_tokenizer(proto: pb.ModelProto, source: str | Path = "model") -> Token
     if ns.precompiled_charsmap or ns.remove_extra_whitespaces:
         raise InputError(source, None, f"normaliser {ns.name!r} rewrites text (charsmap or whitespace collapsing)",
                          "only identity-normalised models (as Mixtral's) are converted with guaranteed id parity")
+    from transformers.convert_slow_tokenizer import generate_merges  # here: transformers takes seconds to import
+
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     # Merge candidates are pieces SentencePiece may merge into: normal pieces only (specials, bytes and
     # user-defined symbols are never the result of a merge).
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="SentencePiece model → Hugging Face tokenizer folder (identical ids)",
+        "convert",
         description="Convert a SentencePiece BPE model (e.g. Mixtral's tokenizer.model) into a Hugging Face tokenizer "
         "folder: tokenizer.json (deterministic; its sha256 identifies the tokenizer), tokenizer_config.json with "
         "Mixtral's chat template, special_tokens_map.json and a copy of tokenizer.model. "
@@ -169,4 +170,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", nargs="+", metavar="CORPUS", help="also verify SentencePiece/HF id parity on these corpora")
     p.add_argument("--check-chars", type=int, default=2_000_000, help="characters of --check text to verify (default 2M)")
     add_read_options(p)
-    p.set_defaults(func=run)

@@ -16,7 +16,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from sentencepiece import sentencepiece_model_pb2 as pb
 from tqdm import tqdm
 
@@ -61,6 +60,8 @@ def base_ids_of_new_pieces(base: pb.ModelProto, new: pb.ModelProto) -> list[list
 
 
 def _is_plain_matrix(module: torch.nn.Module) -> bool:
+    import torch
+
     w = getattr(module, "weight", None)
     return isinstance(w, torch.Tensor) and w.dtype.is_floating_point and type(w) in (torch.Tensor, torch.nn.Parameter)
 
@@ -68,6 +69,8 @@ def _is_plain_matrix(module: torch.nn.Module) -> bool:
 def resize_and_init(model, base_tokenizer: str | Path, new_tokenizer: str | Path, init: str = "mean",
                     multiple_of: int = 64) -> dict:
     """Resize the model's input/output embeddings to the new tokenizer and initialise the new rows (see module doc)."""
+    import torch
+
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {init!r}")
     base, new = load_proto(base_tokenizer), load_proto(new_tokenizer)
@@ -118,6 +121,7 @@ def resize_and_init(model, base_tokenizer: str | Path, new_tokenizer: str | Path
 
 @locked_output("out")
 def run(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoModelForCausalLM
 
     model_dir, tok_dir, out = Path(args.model), Path(args.tokenizer), Path(args.out)
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "init-embeddings", help="resize a model's embeddings to an extended tokenizer and initialise the new rows",
+        "init-embeddings",
         description="Resize embed_tokens and lm_head of a Hugging Face causal LM to an extended tokenizer (rounded up to "
         "--multiple-of) and initialise every new row: 'mean' = mean of the base rows of the base tokenizer's ids for "
         "the piece's text (no BOS, no stray dummy-prefix piece); 'mean-resizing' = transformers' sampling around the "
@@ -165,4 +169,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", choices=INITS, default="mean", help="how to initialise new rows (default mean)")
     p.add_argument("--multiple-of", type=int, default=64, help="round the embedding rows up to a multiple of this (default 64)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="load dtype (default auto)")
-    p.set_defaults(func=run)

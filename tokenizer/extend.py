@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "extend", help="add exactly N Chinese pieces to a base vocabulary (ids kept, all reachable, non-CJK unchanged)",
+        "extend",
         description="Extend a SentencePiece BPE tokenizer (a .model file or a tokenizer folder) with exactly --add new "
         "Chinese pieces from a Chinese BPE model trained on --corpus (or given with --pieces): the CJK characters it covers "
         "and the base lacks first, most frequent first, then its multi-character pieces in merge order. "
@@ -302,4 +302,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-corpus", nargs="+", help="text for the parity/round-trip checks (default: the --corpus)")
     p.add_argument("--check-chars", type=int, default=1_000_000, help="characters of text for the checks (default 1M)")
     add_common(p)
-    p.set_defaults(func=run)

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="encoding efficiency of tokenizers per corpus (Markdown, JSON, PNG)",
+        "report",
         description="Encode corpora with several tokenizers and report tokens per character, characters and bytes per "
         "token, byte-fallback share, vocabulary utilisation and sequence lengths, relative to the first tokenizer, and "
         "what it means for training on --plan-gb GB of such text (tokens, steps, hours at --throughput).",
@@ -190,4 +190,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=1024, help="tokens per training sequence (default 1024)")
     p.add_argument("--global-batch", type=int, default=512, help="sequences per optimiser step (default 512)")
     p.add_argument("--throughput", type=float, default=50_000, help="training tokens per second of the cluster (default 50,000)")
-    p.set_defaults(func=run)

@@ -150,7 +150,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a SentencePiece BPE model of Chinese text",
+        "train",
         description="Train a SentencePiece BPE model of Chinese text with Mixtral's conventions (identity normaliser, "
         "dummy prefix, whitespace kept, byte fallback, split digits), written as tokenizer.model plus a Hugging Face "
         "tokenizer folder. Its pieces, in merge order, are what `tokenizer extend --pieces` takes.",
@@ -160,4 +160,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, required=True, help="number of pieces")
     p.add_argument("-o", "--out", required=True, help="output folder")
     add_common(p)
-    p.set_defaults(func=run)

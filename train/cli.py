@@ -1,14 +1,21 @@
-"""`train` command line: one sub-command per module; each module registers its own parser."""
+"""`train` command line. Sub-commands are declared below, one `Command(name, module, help)` each; the module
+has `add_parser(sub)` and `run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from zhdata.command import run
+from zhdata.command import Command, run
 
-# Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS = ["train.evaluate", "train.run", "train.merge", "train.experts", "train.compare", "train.quickstart",
-            "train.generate"]
+COMMANDS = [
+    Command("eval", "train.evaluate", "evaluate a model: bits per character, perplexity vs context, C-Eval/CMMLU/MMLU"),
+    Command("run", "train.run", "QLoRA training, experts included, for --vocab orig|ext (pt or sft)"),
+    Command("merge", "train.merge", "merge a `train run` folder into a plain Hugging Face model"),
+    Command("experts", "train.experts", "expert importance (disable one expert at a time) and routing statistics"),
+    Command("compare", "train.compare", "report: original vs extended vocabulary (Markdown + self-contained HTML)"),
+    Command("quickstart", "train.quickstart", "the whole chain on the built-in sample: clean ... train both vocabularies ... report"),
+    Command("generate", "train.generate", "answer a file of prompts with a trained model (batched, greedy or sampled)"),
+]
 DESCRIPTION = ("QLoRA training of Mixtral-architecture models (4-bit experts included) for the original or the extended vocabulary, evaluation, expert analysis and the vocabulary comparison.")
 
 

@@ -594,7 +594,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="report: original vs extended vocabulary (Markdown + self-contained HTML)",
+    p = sub.add_parser("compare",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
 examples:
   train eval runs/orig --task bpc mc --data zh=heldout/zh.jsonl --data en=heldout/en.jsonl --bench ../shared/eval/ceval -o runs/orig/eval
@@ -613,4 +613,3 @@ examples:
     p.add_argument("--eval-orig", default=None, help="`train eval` output folder of the original run (default RUN_ORIG/eval)")
     p.add_argument("--eval-ext", default=None, help="`train eval` output folder of the extended run (default RUN_EXT/eval)")
     p.add_argument("--labels", nargs=2, default=["orig", "ext"], metavar=("ORIG", "EXT"), help="names of the two runs in the report")
-    p.set_defaults(func=run)

@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate a model: bits per character, perplexity vs context, C-Eval/CMMLU/MMLU",
+        "eval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__ + """
 examples:
@@ -269,7 +269,6 @@ MODEL is a `train run` folder (4-bit base + adapter) or a plain Hugging Face mod
     g.add_argument("--doc-chars", type=int, default=200_000, help="ctx-ppl: score the first N characters of each document")
     g.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad input records: stop or count and skip")
     _mc_arguments(p.add_argument_group("mc"))
-    p.set_defaults(func=run)
 
 
 def _mc_arguments(g: argparse._ArgumentGroup) -> None:

@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="answer a file of prompts with a trained model (batched, greedy or sampled)",
+    p = sub.add_parser("generate",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
 examples:
   train generate runs/ext --prompts prompts.jsonl -o answers/ext.jsonl --max-new-tokens 256
@@ -376,4 +376,3 @@ time of its batch), batch_size; `<name>.manifest.json` beside it holds inputs, s
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad prompt records: stop, or count and skip")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="merge a `train run` folder into a plain Hugging Face model", description=__doc__,
+    p = sub.add_parser("merge", description=__doc__,
                        epilog="examples:\n  train merge runs/zh-pt -o models/zh-pt-merged\n"
                               "  train merge runs/zh-pt -o models/zh-pt-fp32 --dtype fp32   # exact, twice the size",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,4 +57,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for the merged model (config, safetensors, tokenizer)")
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="dtype of the saved weights (default bf16)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)

@@ -1,4 +1,8 @@
-"""PNG plots for the evaluation reports (matplotlib, headless)."""
+"""PNG plots for the evaluation reports (matplotlib, headless).
+
+Figures are `matplotlib.figure.Figure` objects saved through the Agg canvas: no pyplot, so importing this module
+or plotting never switches the backend of the process (a notebook keeps its own), and matplotlib is loaded only
+when a plot is drawn."""
 
 from __future__ import annotations
 
@@ -6,10 +10,14 @@ import base64
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, cbar: str,
@@ -18,7 +26,8 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, cba
     import numpy as np
 
     m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * m.shape[1] + 2), max(3.0, 0.25 * m.shape[0] + 1.5)))
+    fig = _figure((max(4.0, 0.5 * m.shape[1] + 2), max(3.0, 0.25 * m.shape[0] + 1.5)))
+    ax = fig.subplots()
     kw = {}
     if center_zero:
         lim = float(np.nanmax(np.abs(m))) or 1.0
@@ -33,14 +42,14 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | Path, title: str, cba
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str,
           xlabel: str, ylabel: str, logx: bool = False) -> Path:
     """One line per named (x, y) series."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = _figure((6.4, 4.0))
+    ax = fig.subplots()
     for name, (x, y) in series.items():
         ax.plot(list(x), list(y), marker="o", markersize=3, label=name)
     if logx:
@@ -54,7 +63,6 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str 
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="the whole chain on the built-in sample: clean ... train both vocabularies ... report",
+    p = sub.add_parser("quickstart",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__ + """
 examples:
   train quickstart -o qs/            # built-in sample, demonstration model, CPU: about 6 minutes (limit 15) on 2 cores
@@ -218,4 +218,3 @@ examples:
     p.add_argument("--size", choices=sorted(SIZES), default="demo", help="demonstration model size (tiny: for CI)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace the stage folders of an earlier quickstart in OUT")
-    p.set_defaults(func=run)

@@ -9,7 +9,6 @@ from contextlib import nullcontext
 from zhdata.lock import output_lock
 
 from .config import add_arguments, resolve
-from .loop import train
 
 EPILOG = """examples:
   train run --model mixtral/ --data packed-pt/ --stage pt --vocab orig --max-steps 5 --output-dir out/
@@ -25,6 +24,8 @@ characters/s per step."""
 
 
 def run(args: argparse.Namespace) -> int:
+    from .loop import train
+
     cfg = resolve(args)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with output_lock(cfg.output_dir) if rank0 else nullcontext():  # rank 0 writes the folder
@@ -37,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="QLoRA training, experts included, for --vocab orig|ext (pt or sft)",
+    p = sub.add_parser("run",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)

@@ -170,7 +170,7 @@ def format_report(m: Manifest) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "clean", help="normalise and quality-filter raw Chinese text into Parquet shards",
+        "clean",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Turn markup into text (HTML main text, man/roff, wiki, Markdown; detected per document), normalise\n"
         "(OpenCC, Unicode, control/ANSI/HTML noise, full-width letters and digits, whitespace) and\n"
@@ -226,7 +226,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--piece-mb", type=int, default=DEFAULT_PIECE_MB, help=f"input piece per shard, MB (default {DEFAULT_PIECE_MB})")
     g.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_clean)
 
 
 def options_from_args(a: argparse.Namespace) -> CleanOptions:
@@ -241,7 +240,7 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
 
 
 @locked_output("output")
-def cmd_clean(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
     inputs = list(a.inputs) + ([str(sample_path())] if a.sample else [])
     if not inputs:
         raise InputError("(command line)", None, "no input given", "name files or folders, or use --sample")

@@ -1,13 +1,18 @@
-"""`zhdata` command line: one sub-command per pipeline stage; each module registers its own parser."""
+"""`zhdata` command line. Sub-commands are declared below, one `Command(name, module, help)` each; the module
+has `add_parser(sub)` and `run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from zhdata.command import run
+from zhdata.command import Command, run
 
-# Each module has `add_parser(subparsers)` that registers its sub-command(s) and sets `func(args) -> int`.
-COMMANDS = ["zhdata.clean", "zhdata.dedupe", "zhdata.pack.cli", "zhdata.instruct.cli"]
+COMMANDS = [
+    Command("clean", "zhdata.clean", "normalise and quality-filter raw Chinese text into Parquet shards"),
+    Command("dedupe", "zhdata.dedupe", "remove exact and near-duplicate documents across a whole corpus"),
+    Command("pack", "zhdata.pack.cli", "tokenise and pack text (pre-training) or conversations (SFT) into training blocks"),
+    Command("instruct", "zhdata.instruct.cli", "instruction data (Alpaca, ShareGPT, OpenAI messages) into clean conversation Parquet"),
+]
 DESCRIPTION = ("Chinese data pipelines: clean and deduplicate corpora, normalise instruction data, pack training blocks. "
     "Every command writes manifest.json beside its output.")
 

@@ -211,7 +211,7 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
 def add_parser(sub: argparse._SubParsersAction) -> None:
     d = DedupeOptions()
     p = sub.add_parser(
-        "dedupe", help="remove exact and near-duplicate documents across a whole corpus",
+        "dedupe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Exact duplicates (blake2b of the text without whitespace and punctuation, NFKC, lower case) and\n"
         "near duplicates (MinHash over character n-grams, LSH bands, connected components) over every shard\n"
@@ -236,11 +236,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_dedupe)
 
 
 @locked_output("output")
-def cmd_dedupe(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
     if not 0 < a.threshold <= 1:
         raise InputError("(command line)", None, f"--threshold {a.threshold} is not in (0, 1]")
     if (a.bands > 0) != (a.rows > 0):

@@ -15,7 +15,7 @@ from ..readers import add_read_options, expand_inputs, read_options, split_compr
 from ..shards import check_output_folder
 from .clean import DEFAULT_REFUSALS, CleanConfig, instruct_normalizer, load_phrases
 from .formats import FORMATS, PREFERENCE_MODES, parse_columns
-from .pipeline import BASE_SCHEMA, RunConfig, Source, run
+from .pipeline import BASE_SCHEMA, InstructOptions, Source, run_instruct
 from .recipe import load_recipe, resolve_sources
 
 # Options a recipe's [options] may set; the command line wins over the recipe, the recipe over these defaults.
@@ -41,7 +41,7 @@ kept fields; manifest.json with per-source counts in/out/dropped by reason.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("instruct", help="instruction data (Alpaca, ShareGPT, OpenAI messages) into clean conversation Parquet",
+    p = sub.add_parser("instruct",
                        description=__doc__ + " Multi-turn conversations stay whole unless --split-turns; duplicates are "
                        "judged over all inputs together (first occurrence kept).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,7 +91,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--split-turns", action=argparse.BooleanOptionalAction, help="each assistant turn its own example with the "
                    "earlier turns as history (as Aurora did); default: conversations stay whole")
     g.add_argument("--batch-size", type=int, help="records per batch and stage shard (default 10000)")
-    p.set_defaults(func=main)
 
 
 def _options(args: argparse.Namespace, recipe_options: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +113,7 @@ def _sources(args: argparse.Namespace, o: dict[str, Any], warnings: list[str]) -
 
 
 @locked_output("output")
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     recipe = None
     if args.recipe:
         if args.inputs or not args.data_dir:
@@ -149,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
         drop_empty_turns=o["empty_turns"], role_order=o["role_order"], refusals=refusals if o["refusals"] else (),
         garbled=o["garbled"], max_chars=o["max_chars"] or None, max_tokens=o["max_tokens"] or None,
         min_chinese_ratio=o["min_chinese_ratio"] or None, chinese_prompt_exempt=o["chinese_prompt_exempt"])
-    cfg = RunConfig(clean, o["exact_dup"], o["near_dup"], o["near_threshold"], o["num_perm"], o["ngram"],
+    cfg = InstructOptions(clean, o["exact_dup"], o["near_dup"], o["near_threshold"], o["num_perm"], o["ngram"],
                     o["split_turns"], o["preference"], o["on_error"], tuple(o["keep"]), o["batch_size"], read_options(args))
     params = {**o, "clean": clean.params(), "recipe": str(args.recipe) if recipe else None,
               "tokenizer": args.tokenizer, **cfg.read.params()}
@@ -160,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
     if recipe:
         manifest.extra["recipe"] = recipe.info
     check_output_folder(args.output, args.inputs)  # folders given: the output must not be read by the next run
-    run(sources, Path(args.output), cfg, manifest, tokenizer)
+    run_instruct(sources, Path(args.output), cfg, manifest, tokenizer)
     print(format_table(manifest, sources, recipe.info if recipe else {}))
     return 0
 

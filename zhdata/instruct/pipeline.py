@@ -48,7 +48,7 @@ class Source:
 
 
 @dataclass
-class RunConfig:
+class InstructOptions:
     clean: CleanConfig = field(default_factory=CleanConfig)
     exact_dup: bool = True
     near_dup: bool = True
@@ -67,7 +67,7 @@ def schema(keep: tuple[str, ...]) -> pa.Schema:
     return pa.schema(list(BASE_SCHEMA) + [pa.field(k, pa.string()) for k in keep])
 
 
-def run(sources: list[Source], out_dir: Path, cfg: RunConfig, manifest: Manifest, tokenizer=None) -> Manifest:
+def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, manifest: Manifest, tokenizer=None) -> Manifest:
     check_output_folder(out_dir, [f for s in sources for f in s.files])
     out_dir.mkdir(parents=True, exist_ok=True)
     # the old output goes as a whole: a failed rerun must not leave a manifest describing deleted parts
@@ -128,7 +128,7 @@ def run(sources: list[Source], out_dir: Path, cfg: RunConfig, manifest: Manifest
     return manifest
 
 
-def _batches(path: Path, src: Source, cfg: RunConfig, policy: ErrorPolicy,
+def _batches(path: Path, src: Source, cfg: InstructOptions, policy: ErrorPolicy,
              fmt_seen: Counter) -> Iterator[tuple[list[Conversation], int, Counter]]:
     """Parsed conversations of one file in batches, with the number of records read and skipped per reason."""
     fmt = src.format
@@ -192,7 +192,7 @@ def _count_dups(manifest: Manifest, sources: list[Source], src_of: np.ndarray, e
 
 
 def _write_output(work: Path, out_dir: Path, sources: list[Source], shard_sources: list[int], keep_mask: np.ndarray,
-                  cfg: RunConfig, manifest: Manifest) -> dict[str, int]:
+                  cfg: InstructOptions, manifest: Manifest) -> dict[str, int]:
     examples: Counter = Counter()
     offset, part = 0, 0
     for shard, si in enumerate(tqdm(shard_sources, desc="instruct: write", unit=" shard", mininterval=1.0)):

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pack", help="tokenise and pack text (pre-training) or conversations (SFT) into training blocks",
+        "pack",
         description="Tokenise cleaned text shards (--mode pt) or conversation Parquet (--mode sft) with a Hugging Face "
         "tokenizer folder and write memory-mappable training blocks, a deterministic train/val split and manifest.json "
         "(tokenizer sha256, token counts, tokens per character, blocks, padding, truncation). "
@@ -82,4 +82,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_read_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished pack in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
