@@ -201,6 +201,19 @@ def test_record_too_large_in_clean_and_pack(tmp_path, tok_dir):
     assert c["dropped"] == {"record_too_large": 1} and c["records_in"] == 3 and c["records_out"] == 2
 
 
+def test_parquet_row_over_the_limit(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "a.parquet"
+    texts = [SIMPLIFIED[0], "长" * (1 << 20), SIMPLIFIED[1]]  # the middle row is 3 MB
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": texts}), p)
+    pol = ErrorPolicy("stop")
+    got = [(n, r["id"]) for n, r in iter_records(p, policy=pol, read=ReadOptions(max_record_mb=1))]
+    assert got == [(1, "a"), (3, "c")] and pol.skipped == {"record_too_large": 1}
+    assert [n for n, _ in iter_records(p)] == [1, 2, 3]  # under the default limit
+
+
 def test_whole_text_file_over_the_limit(tmp_path):
     p = tmp_path / "book.txt"
     p.write_text("长" * (1 << 20), encoding="utf-8")  # 3 MB as one document
@@ -288,3 +301,20 @@ def test_instruct_keep_field_named_like_an_output_column(tmp_path, capsys):
     p.write_text(json.dumps({"id": 7, "instruction": "你好", "output": "你好！"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert main(["instruct", str(p), "-o", str(tmp_path / "o"), "--keep", "id"]) == 2
     assert "kept field 'id' has the name of an output column" in capsys.readouterr().err
+
+
+# --- one option on every reader ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prog,command", [("zhdata", "clean"), ("zhdata", "instruct"), ("zhdata", "pack"),
+                                          ("tokenizer", "train"), ("tokenizer", "extend"), ("tokenizer", "audit"),
+                                          ("tokenizer", "report"), ("tokenizer", "convert"), ("train", "eval"),
+                                          ("train", "experts")])
+def test_every_command_that_reads_text_takes_encoding_and_max_record_mb(prog, command, capsys):
+    from importlib import import_module
+
+    with pytest.raises(SystemExit) as e:
+        import_module(f"{prog}.cli").main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--encoding" in out and "--max-record-mb" in out and "auto" in out

@@ -38,8 +38,9 @@ ENCODING_HELP = (
     "GB2312), big5, or auto: per file from its first 64 KiB (after decompression): a BOM decides first (UTF-8, "
     "UTF-16); else valid UTF-8 is UTF-8; else the block is decoded as GB18030 and as Big5 and the decoding with "
     "more of the most common Chinese characters wins (GB18030 on a tie); a decoding with errors loses")
-MAX_RECORD_HELP = (f"longest line or record read, in MB (default {DEFAULT_MAX_RECORD_MB}); a longer one is dropped and "
-                   "counted as record_too_large without being read whole, so one bad line cannot exhaust memory")
+MAX_RECORD_HELP = (f"longest line or record read, in MB (default {DEFAULT_MAX_RECORD_MB}; Parquet: the string columns "
+                   "of a row); a longer one is dropped and counted as record_too_large without being decoded or parsed, "
+                   "so one bad line cannot exhaust memory")
 
 # The most frequent Chinese characters, simplified and traditional forms, for telling GB18030 from Big5.
 _COMMON_HAN = frozenset(
@@ -426,7 +427,7 @@ def iter_records(piece: Piece | str | Path, fmt: str | None = None, policy: Erro
         piece = replace(piece, encoding=resolve_encoding(piece.path, "auto"))
     path = piece.path
     if piece.fmt == "parquet":
-        yield from _iter_parquet(path, policy)
+        yield from _iter_parquet(path, policy, read)
         return
     if piece.fmt == "json" and _json_head(piece) == b"[":
         yield from _iter_json_array(piece, read, policy)
@@ -473,7 +474,21 @@ def _iter_json_array(piece: Piece, read: ReadOptions, policy: ErrorPolicy) -> It
         yield k, item
 
 
-def _iter_parquet(path: str, policy: ErrorPolicy) -> Iterator[tuple[int, Any]]:
+def _row_bytes(batch: Any) -> Any:
+    """Bytes in the top-level string columns of each row of an Arrow batch (None when it has none)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = None
+    for col in batch.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_binary(col.type):
+            n = pc.fill_null(pc.binary_length(col), 0)
+            total = n if total is None else pc.add(total, n)
+    return total
+
+
+def _iter_parquet(path: str, policy: ErrorPolicy, read: ReadOptions) -> Iterator[tuple[int, Any]]:
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     _open_file(path).close()
@@ -486,6 +501,18 @@ def _iter_parquet(path: str, policy: ErrorPolicy) -> Iterator[tuple[int, Any]]:
         return
     n = 0
     for batch in pf.iter_batches(batch_size=8192):
-        for row in batch.to_pylist():
+        sizes = _row_bytes(batch)
+        big = pc.greater(sizes, read.max_record_bytes) if sizes is not None else None
+        if big is None or not pc.any(big).as_py():
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+            continue
+        flags = big.to_pylist()  # rows over the limit are counted, never turned into Python objects
+        rows = iter(batch.filter(pc.invert(big)).to_pylist())
+        for too_large in flags:
             n += 1
-            yield n, row
+            if too_large:
+                _too_large(policy, path, n, read.max_record_mb)
+            else:
+                yield n, next(rows)
