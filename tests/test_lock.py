@@ -94,7 +94,7 @@ def test_every_command_that_writes_a_folder_refuses_a_second_writer(argv, held_f
     assert sorted(p.name for p in held_folder.iterdir()) == [LOCK_FILE]
 
 
-def test_lock_nests_in_one_process_and_refuses_another_open(tmp_path):
+def test_lock_nests_in_one_process_and_a_refused_run_leaves_no_folder_behind(tmp_path):
     with output_lock(tmp_path / "o"):
         with output_lock(tmp_path / "o"):  # quickstart runs commands in-process
             pass

@@ -219,3 +219,14 @@ def test_pack_stops_on_a_full_disk_with_one_line_and_resumes(tok_dir, tmp_path, 
     assert (out / "progress.json").exists() and not (out / "manifest.json").exists()
     assert main([*argv, "-o", str(out)]) == 0
     _same_pack(tmp_path / "fresh", out)
+
+
+def test_run_difference_names_what_changed():
+    from zhdata.shards import run_difference
+
+    old = {"inputs": [["a", "1"], ["b", "2"]], "min_chars": 20}
+    assert run_difference(old, {**old, "inputs": [["a", "1"], ["b", "3"], ["c", "4"]]}) == \
+        "input b changed (its content differs); input c is new"
+    assert run_difference(old, {**old, "inputs": [["b", "2"], ["a", "1"]]}) == "the list of inputs differs"
+    assert run_difference({**old, "inputs": ["a#0", "b#0"]}, old) == "its inputs were recorded by an older version of zh-adapt"
+    assert run_difference(old, {**old, "min_chars": 30}) == "options differ: min_chars 20 → 30"

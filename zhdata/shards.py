@@ -75,11 +75,15 @@ def run_inputs(files: list[Path]) -> tuple[list[dict[str, Any]], list[list[str]]
 
 def run_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What makes `new` another run than `old`: the inputs that changed, else the options that differ."""
-    o = {str(e[0]): e[1:] for e in old.get("inputs") or []}
-    n = {str(e[0]): e[1:] for e in new.get("inputs") or []}
-    what = ([f"input {p} changed (its content differs)" for p in n if p in o and o[p] != n[p]]
-            + [f"input {p} is new" for p in n if p not in o] + [f"input {p} is gone" for p in o if p not in n])
-    if what:
+    if old.get("inputs") != new.get("inputs"):
+        o = {str(e[0]): e[1:] for e in old.get("inputs") or [] if isinstance(e, list) and e}
+        n = {str(e[0]): e[1:] for e in new.get("inputs") or [] if isinstance(e, list) and e}
+        if old.get("inputs") and not o:
+            return "its inputs were recorded by an older version of zh-adapt"
+        what = ([f"input {p} changed (its content differs)" for p in n if p in o and o[p] != n[p]]
+                + [f"input {p} is new" for p in n if p not in o] + [f"input {p} is gone" for p in o if p not in n])
+        if not what:  # the same inputs in another order, or recorded by an older version
+            return "the list of inputs differs"
         return "; ".join(what[:3]) + (f" and {len(what) - 3} more" if len(what) > 3 else "")
     keys = sorted(k for k in {*old, *new} if k != "inputs" and old.get(k) != new.get(k))
     return "options differ: " + ", ".join(f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys[:4])
