@@ -55,3 +55,22 @@ def test_resume_refuses_repacked_data_and_other_settings_and_survives_a_torn_log
     assert main([*resume, "--log-every", "1", "--save-every", "0"]) == 0  # free settings may change
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]
     assert json.loads((out / "manifest.json").read_text())["train"]["steps"] == 4
+
+
+def test_resume_auto_skips_a_checkpoint_torn_by_a_kill(tmp_path, capsys):
+    from train.loop import CKPT_DIR, find_checkpoint
+    from zhdata.errors import InputError
+
+    cfg = RunConfig(model="m", data="d", output_dir=str(tmp_path), resume="auto")
+    ident = run_identity(cfg, 1, "a" * 64, "b" * 64)
+    ck = tmp_path / CKPT_DIR
+    for step, text in ((2, json.dumps({"step": 2, "run": ident})), (4, '{"step": 4, "ru')):
+        (ck / f"step-{step:07d}").mkdir(parents=True)
+        (ck / f"step-{step:07d}" / "state.json").write_text(text)
+    assert find_checkpoint(cfg, ident) == ck / "step-0000002"
+    assert "skipping the incomplete checkpoint" in capsys.readouterr().err
+    with pytest.raises(InputError, match="incomplete"):
+        find_checkpoint(RunConfig(**{**cfg.__dict__, "resume": str(ck / "step-0000004")}), ident)
+    other = RunConfig(**{**cfg.__dict__, "lr": 0.5})
+    with pytest.raises(InputError, match="other settings: lr 0.0001 → 0.5"):
+        find_checkpoint(other, run_identity(other, 1, "a" * 64, "b" * 64))

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -133,18 +134,33 @@ def find_checkpoint(cfg: RunConfig, identity: dict) -> Path | None:
         ck = Path(cfg.resume)
         if not (ck / "state.json").exists():
             raise InputError(ck, None, "not a checkpoint folder (no state.json)")
+        state = _read_state(ck)
+        if state is None:
+            raise InputError(ck / "state.json", None, "incomplete (the run was stopped while saving this checkpoint)",
+                             "resume from an earlier checkpoint, or with --resume auto")
     else:
         done = sorted(p.parent for p in (Path(cfg.output_dir) / CKPT_DIR).glob("step-*/state.json"))
+        while done and (state := _read_state(done[-1])) is None:  # killed while saving it: the one before is whole
+            print(f"note: skipping the incomplete checkpoint {done.pop()}", file=sys.stderr)
         if not done:
             return None
         ck = done[-1]
-    saved = json.loads((ck / "state.json").read_text(encoding="utf-8")).get("run", {})
+    saved = state.get("run", {})
     differ = sorted(k for k in {*identity, *saved} if saved.get(k) != identity.get(k))
     if differ:
         raise InputError(ck, None, "this checkpoint belongs to a run with other settings: "
                          + ", ".join(f"{k} {_short(saved.get(k))} → {_short(identity.get(k))}" for k in differ[:6]),
                          hint="resume with the run's own settings and data (its run.toml), or start in a new --output-dir")
     return ck
+
+
+def _read_state(ck: Path) -> dict | None:
+    """A checkpoint's state.json (written last), or None when a kill tore it."""
+    try:
+        state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _short(v) -> str:
