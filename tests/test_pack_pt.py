@@ -80,7 +80,7 @@ def test_unpacked_tokens_equal_encoding_of_every_document_in_order(tok_dir, tmp_
     assert p["tokens"] == sum(map(len, expected)) and p["dtype"] == "uint16"
     assert p["text_tokens"] == sum(len(d) - 2 for d in expected)
     assert p["chars"] == sum(map(len, in_order))
-    assert m.extra["tokenizer"]["vocab_size"] == 32000 and len(m.extra["tokenizer"]["sha256"]) == 64
+    assert m.extra["tokenizer"]["vocab_size"] == 32000 and len(m.extra["tokenizer"]["fingerprint"]) == 64
 
 
 def test_blocks_restart_positions_at_document_starts_and_mask_cross_document_labels(tok_dir, tmp_path):
@@ -194,7 +194,7 @@ def test_cli_packs_and_reports_bad_input_cleanly(tok_dir, tmp_path, capsys):
     assert zhdata_main(["pack", str(inp), "--tokenizer", str(tok_dir), "-o", str(out), "--mode", "pt", "-q", "--no-bos"]) == 0
     assert "packed" in capsys.readouterr().out
     ds = PackedDataset(out, tokenizer=tok_dir)
-    assert ds.tokenizer_sha256 == ds.manifest["tokenizer"]["sha256"] and ds[0]["input_ids"][0] != BOS
+    assert ds.tokenizer_fingerprint == ds.manifest["tokenizer"]["fingerprint"] and ds[0]["input_ids"][0] != BOS
     with pytest.raises(InputError, match="packed with tokenizer"):
         PackedDataset(out, tokenizer="0" * 64)
 
@@ -205,9 +205,9 @@ def test_cli_packs_and_reports_bad_input_cleanly(tok_dir, tmp_path, capsys):
     common = ["--mode", "pt", "-q"]
     (tmp_path / "empty").mkdir()
     assert "holds no JSONL" in err(str(tmp_path / "empty"), "--tokenizer", str(tok_dir), "-o", str(tmp_path / "o1"), *common)
-    assert "tokenizer folder not found" in err(str(inp), "--tokenizer", str(tmp_path / "nope"), "-o", str(tmp_path / "o2"), *common)
+    assert "nope: tokenizer folder does not exist" in err(str(inp), "--tokenizer", str(tmp_path / "nope"), "-o", str(tmp_path / "o2"), *common)
     assert "tokenizer convert" in err(str(inp), "--tokenizer", str(FIX / "mixtral-8x7b-v0.1.model"), "-o", str(tmp_path / "o3"), *common)
-    assert "no tokenizer.json" in err(str(inp), "--tokenizer", str(tmp_path / "empty"), "-o", str(tmp_path / "o4"), *common)
+    assert "empty: not a tokenizer folder (no tokenizer.json in it)" in err(str(inp), "--tokenizer", str(tmp_path / "empty"), "-o", str(tmp_path / "o4"), *common)
     e = err(str(inp), "--tokenizer", str(tok_dir), "-o", str(tmp_path / "o5"), "--block-size", "65536", *common)
     assert "larger than the model's context of 32768" in e
     e = err(str(inp), "--tokenizer", str(tok_dir), "-o", str(tmp_path / "o6"), "--block-size", "1024", "--max-context", "512", *common)

@@ -14,6 +14,7 @@ from tokenizer.convert import convert_sentencepiece
 from tokenizer.corpus import iter_texts
 from tokenizer.parity import compare
 from zhdata.manifest import file_sha256, read_manifest
+from zhdata.pack.tokfolder import load_tokenizer_folder
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizers"
 MIXTRAL = FIX / "mixtral-8x7b-v0.1.model"
@@ -93,7 +94,8 @@ def test_cli_writes_manifest_and_checks_parity(tmp_path):
     out = tmp_path / "tok"
     assert main(["convert", str(MIXTRAL), "-o", str(out), "--check", str(TEXT)]) == 0
     m = read_manifest(out)
-    assert m["tokenizer"]["sha256"] == file_sha256(out / "tokenizer.json")
+    assert m["tokenizer"]["file_sha256"] == file_sha256(out / "tokenizer.json")
+    assert m["tokenizer"]["fingerprint"] == load_tokenizer_folder(out).fingerprint
     assert m["tokenizer"]["vocab_size"] == 32000 and m["parity"]["mismatched"] == 0 and m["parity"]["texts"] > 0
     assert m["inputs"][0]["sha256"] == file_sha256(MIXTRAL)
 

@@ -17,6 +17,7 @@ from tokenizer.reach import unreachable
 from tokenizer.spm import load_proto, processor
 from zhdata.errors import InputError
 from zhdata.manifest import file_sha256, read_manifest
+from zhdata.pack.tokfolder import load_tokenizer_folder
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizers"
 MIXTRAL = FIX / "mixtral-8x7b-v0.1.model"
@@ -121,7 +122,8 @@ def test_manifest_records_checks_and_is_reproducible_from_pieces(ext, tmp_path):
     assert m["extension"]["added"] == ADD and m["extension"]["base_vocab"] == 32000
     c = m["checks"]
     assert c["unreachable_new"] == 0 and c["non_cjk_changed"] == 0 and c["round_trip_failed"] == 0 and c["parity_mismatched"] == 0
-    assert m["tokenizer"]["sha256"] == file_sha256(ext / "tokenizer.json")
+    assert m["tokenizer"]["file_sha256"] == file_sha256(ext / "tokenizer.json")
+    assert m["tokenizer"]["fingerprint"] == load_tokenizer_folder(ext).fingerprint
     assert m["counts"]["records_in"] == m["counts"]["records_out"] > 0
     # the base may be a Hugging Face tokenizer folder (here made by `tokenizer convert`) as well as a .model file
     base_dir = tmp_path / "base"

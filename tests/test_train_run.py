@@ -170,7 +170,7 @@ def test_pt_orig_loss_falls_resume_is_exact_and_merge_matches(world, capsys):
     m = read_manifest(full)
     assert m["setup"]["problems"] == [] and m["setup"]["trainable_params"] == m["setup"]["analytic_trainable_params"]
     assert m["setup"]["weight_bytes"]["experts"].keys() == {"nf4"}
-    assert m["train"]["steps"] == 8 and m["tokenizer"]["sha256"] and m["train"]["val_lm_loss"] is not None
+    assert m["train"]["steps"] == 8 and m["tokenizer"]["fingerprint"] and m["train"]["val_lm_loss"] is not None
     assert (full / "adapter" / "adapter_model.safetensors").exists() and (full / "run.toml").exists()
 
     part = _run(world, "pt-orig-resume", steps=8, stop_after=3, lora_dropout=0.1)

@@ -1,6 +1,7 @@
 """`tokenizer convert`: a SentencePiece BPE model into a Hugging Face tokenizer folder with id parity.
 
-The folder holds `tokenizer.json` (written deterministically: its sha256 is the tokenizer's identity),
+The folder holds `tokenizer.json` (written deterministically; the tokenizer's identity is its behaviour
+fingerprint, `zhdata.pack.tokfolder.tokenizer_fingerprint`),
 `tokenizer_config.json` with Mixtral's chat template, `special_tokens_map.json` and a copy of
 `tokenizer.model`. Encodings equal SentencePiece's: merges are ordered by piece score (SentencePiece's
 merge priority), the dummy prefix and whitespace are handled as Mixtral's identity normaliser does, and
@@ -19,7 +20,8 @@ from tokenizers.models import BPE
 
 from zhdata.errors import InputError
 from zhdata.lock import locked_output
-from zhdata.manifest import Manifest, file_sha256
+from zhdata.manifest import Manifest
+from zhdata.pack.tokfolder import load_tokenizer_folder
 from zhdata.readers import add_read_options, read_options
 
 from .spm import BYTE, CONTROL, MODEL_FILE, SPACE, UNKNOWN, USER_DEFINED, is_bpe, load_proto, model_path, save_proto
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     m.add_inputs([src])
     proto = load_proto(src)
     out = write_hf_folder(proto, args.out, source=src)
-    m.extra["tokenizer"] = {"sha256": file_sha256(out / "tokenizer.json"), "vocab_size": len(proto.pieces), "path": str(out.resolve())}
+    m.extra["tokenizer"] = load_tokenizer_folder(out).describe()
     if args.check:
         from .corpus import sample_texts
         from .parity import compare
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(args.check[0], None, f"{res['mismatched']} texts encode differently in SentencePiece and Hugging Face",
                              f"first: {res['examples'][:1]}; please report this with the model file")
     m.write(out)
-    print(f"wrote {out} ({len(proto.pieces):,} pieces, tokenizer.json sha256 {m.extra['tokenizer']['sha256'][:12]})")
+    print(f"wrote {out} ({len(proto.pieces):,} pieces, tokenizer fingerprint {m.extra['tokenizer']['fingerprint'][:12]})")
     return 0
 
 
@@ -160,7 +162,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         description="Convert a SentencePiece BPE model (e.g. Mixtral's tokenizer.model) into a Hugging Face tokenizer "
-        "folder: tokenizer.json (deterministic; its sha256 identifies the tokenizer), tokenizer_config.json with "
+        "folder: tokenizer.json (deterministic; the manifest records its behaviour fingerprint), tokenizer_config.json with "
         "Mixtral's chat template, special_tokens_map.json and a copy of tokenizer.model. "
         "transformers.AutoTokenizer.from_pretrained(DIR) loads it and gives SentencePiece's ids.",
         epilog="example: tokenizer convert mixtral-8x7b-v0.1.model -o tok/mixtral --check corpus/zh corpus/en",

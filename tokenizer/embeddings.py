@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from zhdata.errors import InputError
 from zhdata.lock import locked_output
-from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.manifest import Manifest, cli_params
+from zhdata.pack.tokfolder import load_tokenizer_folder
 
 from .spm import MODEL_FILE, NORMAL, SPACE, USER_DEFINED, load_proto, model_path, processor
 
@@ -128,11 +129,11 @@ def run(args: argparse.Namespace) -> int:
     base_tok = Path(args.base_tokenizer) if args.base_tokenizer else model_dir
     m = Manifest("tokenizer init-embeddings", cli_params(args))
     m.add_inputs([model_path(base_tok), model_path(tok_dir)])
+    if not model_dir.is_dir():
+        raise InputError(model_dir, None, "model folder does not exist", "give the folder save_pretrained wrote")
     if not (model_dir / "config.json").exists():
         raise InputError(model_dir, None, "no config.json: not a Hugging Face model folder", "give the folder save_pretrained wrote")
-    if not (tok_dir / "tokenizer.json").is_file():  # checked before any work: it is copied and hashed at the end
-        raise InputError(tok_dir, None, "no tokenizer.json in the tokenizer folder",
-                         "pass the folder written by `tokenizer extend` (or `tokenizer convert` a .model first)")
+    tok_info = load_tokenizer_folder(tok_dir).describe()  # checked before any work: it is copied at the end
     t0 = time.time()
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     with tqdm(total=3, desc="init-embeddings", unit="step") as bar:
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 shutil.copyfile(tok_dir / name, out / name)
         bar.update()
     m.extra["embeddings"] = summary
-    m.extra["tokenizer"] = {"sha256": file_sha256(tok_dir / "tokenizer.json"), "vocab_size": summary["new_vocab"], "path": str(tok_dir.resolve())}
+    m.extra["tokenizer"] = tok_info
     m.extra["seconds"] = round(time.time() - t0, 2)
     m.write(out)
     print(f"{summary['rows_initialised']:,} new rows ({args.init}), embeddings {summary['old_rows']:,} → {summary['new_rows']:,}; wrote {out}")

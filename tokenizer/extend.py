@@ -34,6 +34,7 @@ from tqdm import tqdm
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.pack.tokfolder import load_tokenizer_folder
 from zhdata.readers import read_options
 
 from .convert import write_hf_folder
@@ -267,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     }
     m.extra["checks"] = checks
     m.extra["base"] = {"path": str(base_file.resolve()), "sha256": file_sha256(base_file), "vocab_size": v}
-    m.extra["tokenizer"] = {"sha256": file_sha256(out / "tokenizer.json"), "vocab_size": len(proto.pieces), "path": str(out.resolve())}
+    m.extra["tokenizer"] = load_tokenizer_folder(out).describe()
     m.write(out)
     print(f"added {len(sel.pieces):,} pieces ({m.extra['extension']['single_characters_added']:,} single characters) → "
           f"{len(proto.pieces):,}; unreachable new pieces: {checks['unreachable_new']}; non-CJK texts changed: "

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
-from zhdata.manifest import Manifest, cli_params, file_sha256
 from zhdata.documents import iter_documents
+from zhdata.manifest import Manifest, cli_params
+from zhdata.pack.tokfolder import load_tokenizer_folder
 from zhdata.readers import ReadOptions, add_read_options, expand_inputs, read_options
 
 from .convert import write_hf_folder
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     write_hf_folder(proto, out, source=model)
     m.extra["corpus"] = stats
     m.extra["train_seconds"] = round(time.time() - t0, 2)
-    m.extra["tokenizer"] = {"sha256": file_sha256(out / "tokenizer.json"), "vocab_size": len(proto.pieces), "path": str(out.resolve())}
+    m.extra["tokenizer"] = load_tokenizer_folder(out).describe()
     m.write(out)
     print(f"wrote {out / MODEL_FILE} and its Hugging Face files ({len(proto.pieces):,} pieces)")
     return 0

@@ -118,7 +118,7 @@ def read_run(run_dir: str | Path, eval_dir: str | Path | None, label: str) -> di
     return {
         "label": label, "path": str(run_dir), "eval_dir": str(eval_dir), "seed": params.get("seed"),
         "model": describe_model(params.get("model")),
-        "tokenizer_sha256": (man.get("tokenizer") or {}).get("sha256"),
+        "tokenizer_fingerprint": (man.get("tokenizer") or {}).get("fingerprint"),
         "vocab_size": bpc.get("vocab_size"),
         "steps": train.get("steps"), "tokens": tokens, "chars": chars, "train_s": secs,
         "train_tokens_per_char": tokens / chars if tokens and chars else None,
@@ -151,7 +151,7 @@ def side(runs: list[dict[str, Any]]) -> dict[str, Any]:
     first = runs[0]
     sets = [n for n in first["bpc"] if all(n in r["bpc"] for r in runs)]
     out = {"label": first["label"], "runs": runs, "seeds": [r["seed"] for r in runs], "model": first["model"],
-           "vocab_size": first["vocab_size"], "tokenizer_sha256": first["tokenizer_sha256"]}
+           "vocab_size": first["vocab_size"], "tokenizer_fingerprint": first["tokenizer_fingerprint"]}
     for key in ("steps", "tokens", "chars", "train_s", "train_tokens_per_char", "chars_per_s", "tokens_per_s"):
         out[key] = _mean([r[key] for r in runs])
     out["bpc"] = {}
@@ -406,7 +406,7 @@ def build_report(orig: dict[str, Any], ext: dict[str, Any], out: Path, base: dic
         ["demonstration model", _yes(m["demonstration"]), _yes(ext["model"]["demonstration"])],
         ["run folders", ", ".join(r["path"] for r in orig["runs"]), ", ".join(r["path"] for r in ext["runs"])],
         ["seeds", ", ".join(str(s) for s in orig["seeds"]), ", ".join(str(s) for s in ext["seeds"])],
-        ["tokenizer sha256", (orig["tokenizer_sha256"] or "")[:12] or None, (ext["tokenizer_sha256"] or "")[:12] or None],
+        ["tokenizer fingerprint", (orig["tokenizer_fingerprint"] or "")[:12] or None, (ext["tokenizer_fingerprint"] or "")[:12] or None],
         ["vocabulary size", orig["vocab_size"], ext["vocab_size"]],
         ["optimizer steps", orig["steps"], ext["steps"]],
         ["training tokens", orig["tokens"], ext["tokens"]],

@@ -21,17 +21,13 @@ def open_packed(path: str | Path, split: str = "train"):
 
 
 def check_dataset(ds, data_path: str | Path, tokenizer_dir: str | Path, stage: str) -> str:
-    """The packed data must be tokenized by the run's tokenizer and packed for the run's stage; returns the
-    tokenizer's sha256."""
-    tok_json = Path(tokenizer_dir) / "tokenizer.json"
-    if not tok_json.exists():
-        raise InputError(tokenizer_dir, None, "no tokenizer.json here",
-                         hint="a tokenizer folder from `tokenizer convert` / `tokenizer extend`")
-    ds.check_tokenizer(tokenizer_dir)
+    """The packed data must be tokenized by a tokenizer that encodes as the run's does, and packed for the
+    run's stage; returns the tokenizer's fingerprint (`zhdata.pack.tokfolder.tokenizer_fingerprint`)."""
+    ds.check_tokenizer(Path(tokenizer_dir))  # a missing or non-tokenizer folder is named as such there
     if ds.mode != stage:
         raise InputError(Path(data_path) / "manifest.json", "pack.mode",
                          f"data packed for stage {ds.mode!r} but the run's stage is {stage!r}")
-    return ds.tokenizer_sha256
+    return ds.tokenizer_fingerprint
 
 
 def micro_batches_per_epoch(n_items: int, micro_batch_size: int, world: int) -> int:

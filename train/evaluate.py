@@ -139,11 +139,11 @@ def _read_sets(opts: EvalOptions, man: Manifest, task: str, max_docs: int | None
 
 
 def run_bpc(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, out: Path) -> dict[str, Any]:
-    from .scoring import model_window, tokenizer_sha256
+    from .scoring import model_window, tokenizer_fingerprint
 
     sets = _read_sets(opts, man, "bpc", opts.max_docs, opts.max_chars)
     window = model_window(model, opts.window)
-    res = {"task": "bpc", "model": name, "tokenizer_sha256": tokenizer_sha256(tok),
+    res = {"task": "bpc", "model": name, "tokenizer_fingerprint": tokenizer_fingerprint(tok),
            "vocab_size": len(tok), "window": window, "stride": opts.stride or window, "note": PPL_NOTE,
            "sets": {n: bpc_of_texts(model, tok, texts, window, opts.stride, desc=f"bpc {n}") for n, texts in sets.items()}}
     _write(out, "bpc", res, _bpc_markdown(res))
@@ -158,14 +158,14 @@ def run_bpc(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, o
 
 def run_ctx_ppl(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, out: Path) -> dict[str, Any]:
     from .plots import lines
-    from .scoring import model_window, tokenizer_sha256
+    from .scoring import model_window, tokenizer_fingerprint
 
     sets = _read_sets(opts, man, "ctx-ppl", opts.max_docs or 2, None)
     limit = model_window(model, 1 << 30)
     lengths = sorted(set(opts.lengths or [2 ** k for k in range(9, 18) if 2 ** k <= limit]))
     if not lengths or max(lengths) > limit:
         raise InputError("--lengths", None, f"context lengths must be between 1 and the model's limit {limit}")
-    res: dict[str, Any] = {"task": "ctx-ppl", "model": name, "tokenizer_sha256": tokenizer_sha256(tok),
+    res: dict[str, Any] = {"task": "ctx-ppl", "model": name, "tokenizer_fingerprint": tokenizer_fingerprint(tok),
                            "lengths": lengths, "max_chars_per_doc": opts.doc_chars, "note": PPL_NOTE, "sets": {}}
     series = {}
     for set_name, texts in sets.items():
@@ -202,7 +202,7 @@ def evaluate(model: str | Path, tasks: list[str], out: str | Path, opts: EvalOpt
              params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the tasks on a `train run` folder or Hugging Face model folder; writes <task>.json/.md and manifest.json
     into `out` and returns the manifest as a dict (its `bpc`, `ctx-ppl`, `mc` entries hold the summaries)."""
-    from .scoring import load_model, tokenizer_sha256
+    from .scoring import load_model, tokenizer_fingerprint
 
     opts = opts or EvalOptions()
     unknown = [t for t in tasks if t not in STAGES]
@@ -214,7 +214,7 @@ def evaluate(model: str | Path, tasks: list[str], out: str | Path, opts: EvalOpt
             "model": str(model), "task": list(tasks),
             **{k: (v if k != "data" else {n: [str(p) for p in ps] for n, ps in v.items()}) for k, v in asdict(opts).items()}})
         loaded, tok = load_model(model, opts.device)
-        man.extra["model"] = {"path": str(model), "tokenizer_sha256": tokenizer_sha256(tok), "vocab_size": len(tok)}
+        man.extra["model"] = {"path": str(model), "tokenizer_fingerprint": tokenizer_fingerprint(tok), "vocab_size": len(tok)}
         if (Path(model) / "config.json").is_file():
             man.extra["model"]["config_sha256"] = file_sha256(Path(model) / "config.json")
         for task in dict.fromkeys(tasks):

@@ -333,9 +333,9 @@ def run(args: argparse.Namespace) -> int:
     totals["seconds"] = round(elapsed, 3)
     totals["answer_tokens_per_s"] = round(totals["answer_tokens"] / elapsed, 2) if elapsed else None
     man.counts.merge(counts)
-    from .scoring import tokenizer_sha256
+    from .scoring import tokenizer_fingerprint
 
-    man.extra["model"] = {"path": str(args.model), "name": name, "tokenizer_sha256": tokenizer_sha256(tok),
+    man.extra["model"] = {"path": str(args.model), "name": name, "tokenizer_fingerprint": tokenizer_fingerprint(tok),
                           "vocab_size": len(tok), "device": str(next(model.parameters()).device)}
     man.extra["generation"] = {**asdict(s), "greedy": s.temperature == 0}
     man.extra["output"] = {"path": str(out), **totals}

@@ -350,7 +350,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     val = _val_loss(cfg, pm, pad_id, device, autocast) if finished and rank == 0 else None
     result = {"steps": state["step"], "total_steps": total, "finished": finished, "tokens": state["tokens"],
               "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val}
-    manifest.extra.update({"tokenizer": {"sha256": tok_sha, "path": str(tok_dir.resolve())},
+    manifest.extra.update({"tokenizer": {"fingerprint": tok_sha, "path": str(tok_dir.resolve())},
                            "data": {"path": str(Path(cfg.data).resolve()), "sequences": len(ds),
                                     "manifest_sha256": identity["data_manifest_sha256"]},
                            "setup": summary, "train": result, "world_size": world, "device": str(device),

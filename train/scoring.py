@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from zhdata.manifest import file_sha256
+from zhdata.pack.tokfolder import load_tokenizer_folder
 
 LN2 = math.log(2.0)
 
@@ -27,10 +27,11 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     return model.eval(), tok
 
 
-def tokenizer_sha256(tok: Any) -> str | None:
-    """The tokenizer's identity (sha256 of its tokenizer.json), when it was loaded from a folder."""
-    p = Path(str(getattr(tok, "name_or_path", ""))) / "tokenizer.json"
-    return file_sha256(p) if p.is_file() else None
+def tokenizer_fingerprint(tok: Any) -> str | None:
+    """The tokenizer's identity (`zhdata.pack.tokfolder.tokenizer_fingerprint` of its folder), when it was
+    loaded from a folder."""
+    p = Path(str(getattr(tok, "name_or_path", "")))
+    return load_tokenizer_folder(p).fingerprint if (p / "tokenizer.json").is_file() else None
 
 
 def conditioning_prefix(tok: Any) -> list[int]:

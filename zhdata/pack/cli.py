@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pack",
         description="Tokenise cleaned text shards (--mode pt) or conversation Parquet (--mode sft) with a Hugging Face "
         "tokenizer folder and write memory-mappable training blocks, a deterministic train/val split and manifest.json "
-        "(tokenizer sha256, token counts, tokens per character, blocks, padding, truncation). "
+        "(tokenizer fingerprint, token counts, tokens per character, blocks, padding, truncation). "
         "pt: EOS after every document (BOS before it if the tokenizer adds one), concatenated and cut into "
         "--block-size blocks; the reader restarts position ids at every document. sft: each conversation rendered with "
         "the folder's chat template, loss only on assistant answers and their closing EOS; --packing bfd puts several "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from ..manifest import read_manifest
 from .store import INDEX_DTYPE, open_array, split_file
 from .tokfolder import load_tokenizer_folder
 
+_FINGERPRINT = re.compile("[0-9a-f]{64}")
+
 
 class PackedDataset(Dataset):
     """Blocks of a packed split; `ds[i]` is a dict of 1-D LongTensors input_ids, labels, position_ids, segment_ids.
@@ -22,7 +25,7 @@ class PackedDataset(Dataset):
     the documents within the block (0, 1, ...) for block-diagonal attention. Labels are -100 where there is
     no loss: in SFT outside assistant answers, in pre-training at each document's first token after the
     block's first (it would be predicted from another document). Only the requested block is read.
-    Pass `tokenizer=` (a tokenizer folder or a sha256) to refuse data packed with another tokenizer.
+    Pass `tokenizer=` (a tokenizer folder or a fingerprint) to refuse data packed with another tokenizer.
     """
 
     def __init__(self, path: str | Path, split: str = "train", tokenizer: str | Path | None = None):
@@ -37,7 +40,7 @@ class PackedDataset(Dataset):
         if split not in pack["splits"]:
             raise InputError(self.path, None, f"no split {split!r}", f"splits here: {', '.join(pack['splits'])}")
         self.split, self.mode, self.block_size = split, pack["mode"], pack["block_size"]
-        self.tokenizer_sha256: str = self.manifest["tokenizer"]["sha256"]
+        self.tokenizer_fingerprint: str | None = self.manifest["tokenizer"].get("fingerprint")
         if tokenizer is not None:
             self.check_tokenizer(tokenizer)
         self._dtype = np.dtype(pack["dtype"])
@@ -45,12 +48,16 @@ class PackedDataset(Dataset):
         self._arrays: dict[str, np.ndarray] | None = None  # opened lazily, so each DataLoader worker maps its own
 
     def check_tokenizer(self, tokenizer: str | Path) -> None:
-        """Raise InputError unless `tokenizer` (folder or sha256) is the one this data was packed with."""
-        p = Path(tokenizer)
-        sha = load_tokenizer_folder(p).sha256 if p.is_dir() else str(tokenizer)
-        if sha != self.tokenizer_sha256:
-            raise InputError(self.path, None, f"packed with tokenizer {self.tokenizer_sha256[:12]} "
-                             f"({self.manifest['tokenizer'].get('path')}), not with {sha[:12]} ({tokenizer})",
+        """Raise InputError unless `tokenizer` (a folder, or a fingerprint) encodes as the one this data was
+        packed with does (same `tokenizer_fingerprint`; the bytes of tokenizer.json may differ)."""
+        fp = str(tokenizer) if _FINGERPRINT.fullmatch(str(tokenizer)) else load_tokenizer_folder(tokenizer).fingerprint
+        ours = self.tokenizer_fingerprint
+        if ours is None:
+            raise InputError(self.path / "manifest.json", "tokenizer", "packed by an older version that recorded no tokenizer "
+                             "fingerprint", "pack the data again: zhdata pack ... --tokenizer DIR")
+        if fp != ours:
+            raise InputError(self.path, None, f"packed with tokenizer {ours[:12]} ({self.manifest['tokenizer'].get('path')}), "
+                             f"not with {fp[:12]} ({tokenizer}): the two encode text differently",
                              "pack the data again with this tokenizer: zhdata pack ... --tokenizer DIR")
 
     def _open(self) -> dict[str, np.ndarray]:

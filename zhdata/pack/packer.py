@@ -60,7 +60,7 @@ def _check_options(tok: TokenizerFolder, o: PackOptions) -> None:
 
 def _params(tok: TokenizerFolder, o: PackOptions, identity: list[list[str]]) -> dict[str, Any]:
     """What identifies a pack: inputs by content (`run_inputs`), the tokenizer, and the settings that shape the output."""
-    p = {"mode": o.mode, "block_size": o.block_size, "val_fraction": o.val_fraction, "tokenizer_sha256": tok.sha256,
+    p = {"mode": o.mode, "block_size": o.block_size, "val_fraction": o.val_fraction, "tokenizer": tok.fingerprint,
          "inputs": identity, **o.read.params()}
     if o.mode == "pt":
         p["bos"] = o.bos
