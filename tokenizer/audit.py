@@ -65,14 +65,10 @@ def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Pa
     proto = load_proto(path)
     n = len(proto.pieces)
     problems: list[str] = []
-    counts = Counter(p.piece for p in proto.pieces)
-    dups = sorted(p for p, c in counts.items() if c > 1)
-    if dups:
-        problems.append(f"{len(dups)} duplicate pieces, e.g. {dups[:5]}")
     try:
         processor(proto)
         load_error = None
-    except RuntimeError as e:  # duplicates, missing byte pieces ...: the encoder checks below cannot run
+    except RuntimeError as e:  # missing byte pieces ...: the encoder checks below cannot run (load_proto refused repeats)
         load_error = str(e).splitlines()[0]
         problems.append(f"SentencePiece refuses to load the model: {load_error}")
     unreach = unreachable(proto) if is_bpe(proto) and load_error is None else []
@@ -95,7 +91,7 @@ def audit(tokenizer: str | Path, texts: list[str] | None = None, model: str | Pa
     result = {
         "path": str(path), "vocab_size": n, "model_type": "bpe" if is_bpe(proto) else "other",
         "types": {TYPE_NAMES.get(t, str(t)): c for t, c in sorted(Counter(p.type for p in proto.pieces).items())},
-        "duplicates": len(dups), "unreachable": len(unreach),
+        "unreachable": len(unreach),
         "unreachable_examples": [proto.pieces[i].piece for i in unreach[:30]],
         "special_typed_normal": [proto.pieces[i].piece for i in special_normal], "named_special_tokens": named,
         "byte_fallback": bool(proto.trainer_spec.byte_fallback), "byte_pieces": len(byte_pieces),
@@ -138,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     par = res["parity"]
     parity = "n/a (no tokenizer.json)" if par is None else f"{par['mismatched']} of {par['texts']}"
     print(f"{res['path']}: {res['vocab_size']:,} pieces ({', '.join(f'{k} {v:,}' for k, v in res['types'].items())})")
-    print(f"  duplicates {res['duplicates']}, unreachable {res['unreachable']}, special typed normal {len(res['special_typed_normal'])}, "
+    print(f"  unreachable {res['unreachable']}, special typed normal {len(res['special_typed_normal'])}, "
           f"byte pieces {res['byte_pieces']}/256, SP/HF mismatches {parity}"
           + (f", model embedding rows {res['model_vocab_size']:,}" if "model_vocab_size" in res else ""))
     for p in res["problems"]:
@@ -151,10 +147,10 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "audit",
-        description="Audit a tokenizer folder (or .model): duplicate pieces, pieces the BPE encoder never produces, special "
+        description="Audit a tokenizer folder (or .model): pieces the BPE encoder never produces, special "
         "tokens stored as normal pieces, byte-fallback coverage, SentencePiece/Hugging Face id parity (on --corpus text "
         "and built-in probes) and, with --model, the model's vocab_size against the tokenizer. Exit code 1 when a "
-        "problem is found.",
+        "problem is found; a model that repeats a piece is refused (exit 2), as every command does.",
         epilog="example: tokenizer audit tok/ext20k --corpus data/zh_heldout --model models/mixtral-ext -o reports/audit",
     )
     p.add_argument("tokenizer", help="tokenizer folder or SentencePiece .model")

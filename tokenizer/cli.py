@@ -12,7 +12,7 @@ COMMANDS = [
     Command("extend", "tokenizer.extend", "add exactly N Chinese pieces to a base vocabulary (ids kept, all reachable, non-CJK unchanged)"),
     Command("convert", "tokenizer.convert", "SentencePiece model → Hugging Face tokenizer folder (identical ids)"),
     Command("init-embeddings", "tokenizer.embeddings", "resize a model's embeddings to an extended tokenizer and initialise the new rows"),
-    Command("audit", "tokenizer.audit", "check a tokenizer: duplicates, unreachable pieces, special tokens, byte fallback, parity, model size"),
+    Command("audit", "tokenizer.audit", "check a tokenizer: unreachable pieces, special tokens, byte fallback, parity, model size"),
     Command("report", "tokenizer.report", "encoding efficiency of tokenizers per corpus (Markdown, JSON, PNG)"),
 ]
 DESCRIPTION = ("Tokenizers for Chinese adaptation: train a Chinese SentencePiece model, extend a base vocabulary losslessly, convert to Hugging Face, initialise new embedding rows, audit, and report encoding efficiency.")

@@ -37,7 +37,7 @@ def model_path(base: str | Path) -> Path:
 
 
 def load_proto(base: str | Path) -> pb.ModelProto:
-    """Parse the SentencePiece model of `base`, with a clear error when it is not one."""
+    """Parse the SentencePiece model of `base`, with a clear error when it is not one or repeats a piece."""
     path = model_path(base)
     proto = pb.ModelProto()
     try:
@@ -48,6 +48,12 @@ def load_proto(base: str | Path) -> pb.ModelProto:
     if not proto.pieces:
         raise InputError(path, None, "not a SentencePiece model (no pieces)",
                          "give the tokenizer.model file of a SentencePiece tokenizer")
+    first: dict[str, int] = {}
+    for i, p in enumerate(proto.pieces):  # a repeated piece would silently leave its id out of a converted vocab
+        j = first.setdefault(p.piece, i)
+        if j != i:
+            raise InputError(path, None, f"piece {i} {p.piece!r} repeats piece {j}",
+                             "every piece of a SentencePiece model must be distinct; rebuild the model without the repeat")
     return proto
 
 
