@@ -1,9 +1,11 @@
 """Render conversations with the tokenizer folder's chat template and mark the assistant answers.
 
-The template is rendered once per prefix of the conversation (messages[:k]); each assistant answer is the
-text that its message adds, from the start of its content through the template's closing text (for
-Mixtral the EOS). The whole rendering is tokenised once, as at inference, and a token is trained on when
-its character span overlaps an answer span, so no template-specific token arithmetic is needed.
+The template renders the whole conversation and, for each assistant answer, the prefixes that end just
+before and just after it (never an empty message list: templates in the wild read `messages[0]` without a
+guard); each answer is the text its message adds, from the start of its content through the template's
+closing text (for Mixtral the EOS). Each rendering must extend the one before, as transformers'
+`apply_chat_template` renders them. The whole rendering is tokenised once, as at inference, and a token is
+trained on when its character span overlaps an answer span, so no template-specific token arithmetic is needed.
 """
 
 from __future__ import annotations
@@ -50,16 +52,16 @@ class ChatRenderer:
         for m in msgs:  # such text would be tokenised as the control token itself
             if any(c in m["content"] for c in self.control):
                 raise RecordError("a message contains a control token as text (e.g. '</s>')", "control_token_in_text")
-        first = 1 if system else 0
-        prefix = self._render(msgs[:first])
-        spans = []
-        for k in range(first, len(msgs)):
-            full = self._render(msgs[: k + 1])
+        answers = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
+        ends = sorted({k for a in answers for k in (a, a + 1)} - {0} | {len(msgs)})  # prefixes msgs[:k] to render
+        prefix, spans = "", []
+        for k in ends:
+            full = self._render(msgs[:k])
             if not full.startswith(prefix):
                 raise RecordError("the chat template does not render conversations prefix by prefix; cannot locate answers", "template_not_incremental")
-            if msgs[k]["role"] == "assistant":
+            if msgs[k - 1]["role"] == "assistant":
                 added = full[len(prefix):]
-                at = added.find(msgs[k]["content"]) if msgs[k]["content"] else -1
+                at = added.find(msgs[k - 1]["content"]) if msgs[k - 1]["content"] else -1
                 spans.append((len(prefix) + max(at, 0), len(full)))
             prefix = full
         return Rendered(prefix, spans)
