@@ -104,7 +104,7 @@ def test_mismatched_model_or_tokenizer_is_a_clear_error(toks):
 def _ids_changed(ext: Path) -> Path:
     """An 'extension' whose piece 100 differs from the base: ids were not kept."""
     proto = load_proto(ext)
-    proto.pieces[100].piece = "XX"
+    proto.pieces[100].piece = "\u2581zzqx"  # a piece not in the vocabulary (a repeat would be refused on load)
     return write_hf_folder(proto, ext.parent / "bad")
 
 
