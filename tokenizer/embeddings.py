@@ -12,7 +12,6 @@ Only the two embedding matrices are touched, so the rest of the model may be 4-b
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
 from zhdata.pack.tokfolder import load_tokenizer_folder
 
-from .spm import MODEL_FILE, NORMAL, SPACE, USER_DEFINED, load_proto, model_path, processor
+from .folder import copy_tokenizer_files
+from .spm import NORMAL, SPACE, USER_DEFINED, load_proto, model_path, processor
 
 INITS = ("mean", "mean-resizing", "random")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", MODEL_FILE)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -142,9 +141,7 @@ def run(args: argparse.Namespace) -> int:
         summary = resize_and_init(model, base_tok, tok_dir, init=args.init, multiple_of=args.multiple_of)
         bar.update()
         model.save_pretrained(out)
-        for name in TOKENIZER_FILES:
-            if (tok_dir / name).exists():
-                shutil.copyfile(tok_dir / name, out / name)
+        copy_tokenizer_files(tok_dir, out)
         bar.update()
     m.extra["embeddings"] = summary
     m.extra["tokenizer"] = tok_info

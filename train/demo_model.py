@@ -7,10 +7,11 @@ config (`zh_adapt_demo`) and in a README, so nobody mistakes its numbers for Mix
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
+
+from tokenizer.folder import copy_tokenizer_files
 
 DEMO_NOTE = ("DEMONSTRATION MODEL: a randomly initialised, tiny Mixtral-architecture model created locally by "
              "zh-adapt; it is not Mixtral-8x7B and its scores say nothing about Mixtral.")
@@ -36,9 +37,7 @@ def make_demo_model(tokenizer_dir: str | Path, out_dir: str | Path, layers: int 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    for f in Path(tokenizer_dir).iterdir():
-        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens")):
-            shutil.copy2(f, out / f.name)
+    copy_tokenizer_files(tokenizer_dir, out)
     (out / "README.md").write_text(f"# {DEMO_NOTE}\n\n```json\n{json.dumps(cfg.to_diff_dict(), indent=2, default=str)}\n```\n",
                                    encoding="utf-8")
     return out

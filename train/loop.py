@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, get_cosine_schedule_with_warmup
 
+from tokenizer.folder import copy_tokenizer_files
 from zhdata.errors import InputError
 from zhdata.manifest import Manifest, file_sha256
 from zhdata.pack import collate_packed
@@ -201,13 +202,6 @@ def _log_step(line: str) -> float:
         return math.inf
 
 
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
-        if (src / f).exists():
-            shutil.copy2(src / f, dst / f)
-
-
 def _n_tokens(batch: dict) -> int:
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
@@ -356,7 +350,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                            "setup": summary, "train": result, "world_size": world, "device": str(device),
                            "compute_dtype": str(dtype).removeprefix("torch.")})
     if rank == 0:
-        _copy_tokenizer(tok_dir, out / TOKENIZER_DIR)
+        copy_tokenizer_files(tok_dir, out / TOKENIZER_DIR)
         if finished:
             save_adapter(pm, out, cfg, pm.get_base_model().get_input_embeddings().weight.shape[0])
         manifest.add_inputs([p for p in (data_manifest, tok_dir / "tokenizer.json", Path(cfg.model) / "config.json")

@@ -20,7 +20,8 @@ DTYPES = ("bf16", "fp16", "fp32")
 def merge(run_dir: Path, out_dir: Path, dtype: str = "bf16", progress: bool = True) -> dict:
     import torch
 
-    from .loop import _copy_tokenizer
+    from tokenizer.folder import copy_tokenizer_files
+
     from .merging import merge_checkpoint
     from .model import ADAPTER_DIR, TOKENIZER_DIR
 
@@ -29,7 +30,7 @@ def merge(run_dir: Path, out_dir: Path, dtype: str = "bf16", progress: bool = Tr
     manifest = Manifest("train merge", {"run_dir": str(run_dir), "out_dir": str(out_dir), "dtype": dtype})
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     stats = merge_checkpoint(run_dir, out_dir, torch_dtype, progress=progress)
-    _copy_tokenizer(run_dir / TOKENIZER_DIR, out_dir)
+    copy_tokenizer_files(run_dir / TOKENIZER_DIR, out_dir)
     manifest.add_inputs(sorted((run_dir / ADAPTER_DIR).glob("*.safetensors")))
     try:
         manifest.extra["run"] = {k: read_manifest(run_dir).get(k) for k in ("params", "tokenizer", "train")}
