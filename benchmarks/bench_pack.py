@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus" / "zh")
     ap.add_argument("--instruct", type=Path, default=ROOT.parent / "shared" / "instruct")
-    ap.add_argument("--spm", type=Path, default=ROOT / "tests" / "fixtures" / "tokenizers" / "mixtral-8x7b-v0.1.model")
+    ap.add_argument("--spm", type=Path, default=ROOT / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model")
     ap.add_argument("--ext-tokenizer", type=Path, help="an extended tokenizer folder (from `tokenizer extend`) to compare")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_pack"))
     ap.add_argument("--reads", type=int, default=20_000, help="random blocks to read")

@@ -1,14 +1,14 @@
 """Tokenizer benchmarks: time of `tokenizer extend`, and encode throughput per core (SentencePiece and HF).
 
     # extend time on a corpus folder (runs the real CLI; reads its manifest for the breakdown)
-    .venv/bin/python benchmarks/bench_tokenizer.py extend --base tests/fixtures/tokenizers/mixtral-8x7b-v0.1.model \
+    .venv/bin/python benchmarks/bench_tokenizer.py extend --base tokenizer/data/mixtral-8x7b-v0.1.model \
         --corpus /tmp/tokbench/train --add 20000 -o /tmp/tokbench/bench_ext40
     # encode throughput, one core, of each tokenizer on each corpus
     .venv/bin/python benchmarks/bench_tokenizer.py encode --tokenizer mixtral=/tmp/tk/mixtral \
         --tokenizer ext20k=/tmp/tokbench/ext20k --corpus zh=/tmp/tokbench/heldout/zh --corpus en=/tmp/tokbench/heldout/en
 
     # the issue's targets for an extension, on held-out Chinese and on English
-    .venv/bin/python benchmarks/bench_tokenizer.py targets --base tests/fixtures/tokenizers/mixtral-8x7b-v0.1.model \
+    .venv/bin/python benchmarks/bench_tokenizer.py targets --base tokenizer/data/mixtral-8x7b-v0.1.model \
         --ext /tmp/tokbench/ext20k --score0 /tmp/tokbench/ext20k-score0 --zh /tmp/tokbench/heldout/zh \
         --zh-tech /tmp/tokbench/heldout/zh_tech --en ../shared/corpus/en
 

@@ -16,7 +16,7 @@ from train.demo_model import make_demo_model
 from train.evaluate import bpc_of_texts
 from train.scoring import load_model, token_nll
 
-SP_MODEL = Path(__file__).parent / "fixtures" / "tokenizers" / "mixtral-8x7b-v0.1.model"
+SP_MODEL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 ZH = "中文模型需要更大的词表𠀋，对吧？"  # 𠀋 is outside Mixtral's vocabulary: four byte-fallback pieces
 EN = "The quick brown fox jumps over the lazy dog."
 

@@ -24,7 +24,7 @@ EVAL = FIX / "eval"
 def demo(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("mc")
-    tok_dir = convert_sentencepiece(FIX / "tokenizers" / "mixtral-8x7b-v0.1.model", root / "tok")
+    tok_dir = convert_sentencepiece(Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model", root / "tok")
     return make_demo_model(tok_dir, root / "model", max_positions=1024)
 
 

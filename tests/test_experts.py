@@ -82,7 +82,7 @@ def test_probe_finds_routers_inside_peft_and_lora_router(docs):
 
 
 def test_cli_writes_heatmaps_and_json(tmp_path):
-    sp = Path(__file__).parent / "fixtures" / "tokenizers" / "mixtral-8x7b-v0.1.model"
+    sp = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
     model_dir = make_demo_model(convert_sentencepiece(sp, tmp_path / "tok"), tmp_path / "model", max_positions=128)
     zh = tmp_path / "zh.txt"
     zh.write_text("今天天气很好，我们去公园散步吧。\n中文模型需要更大的词表。\n", encoding="utf-8")

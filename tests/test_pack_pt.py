@@ -21,12 +21,13 @@ from zhdata.pack.store import SplitWriter
 from zhdata.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizers"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 EOS, BOS = 2, 1
 
 
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory) -> Path:
-    return convert_sentencepiece(FIX / "mixtral-8x7b-v0.1.model", tmp_path_factory.mktemp("tok") / "mixtral")
+    return convert_sentencepiece(MIXTRAL, tmp_path_factory.mktemp("tok") / "mixtral")
 
 
 def real_texts(n_per_file: int = 15) -> list[str]:
@@ -206,7 +207,7 @@ def test_cli_packs_and_reports_bad_input_cleanly(tok_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert "holds no JSONL" in err(str(tmp_path / "empty"), "--tokenizer", str(tok_dir), "-o", str(tmp_path / "o1"), *common)
     assert "nope: tokenizer folder does not exist" in err(str(inp), "--tokenizer", str(tmp_path / "nope"), "-o", str(tmp_path / "o2"), *common)
-    assert "tokenizer convert" in err(str(inp), "--tokenizer", str(FIX / "mixtral-8x7b-v0.1.model"), "-o", str(tmp_path / "o3"), *common)
+    assert "tokenizer convert" in err(str(inp), "--tokenizer", str(MIXTRAL), "-o", str(tmp_path / "o3"), *common)
     assert "empty: not a tokenizer folder (no tokenizer.json in it)" in err(str(inp), "--tokenizer", str(tmp_path / "empty"), "-o", str(tmp_path / "o4"), *common)
     e = err(str(inp), "--tokenizer", str(tok_dir), "-o", str(tmp_path / "o5"), "--block-size", "65536", *common)
     assert "larger than the model's context of 32768" in e

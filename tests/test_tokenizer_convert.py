@@ -17,7 +17,7 @@ from zhdata.manifest import file_sha256, read_manifest
 from zhdata.pack.tokfolder import load_tokenizer_folder
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizers"
-MIXTRAL = FIX / "mixtral-8x7b-v0.1.model"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 TEXT = FIX / "text"
 # Whitespace runs, leading/trailing spaces, tabs/newlines (byte pieces), emoji and rare characters
 # outside the vocabulary (byte fallback), fullwidth space, zero-width space, combining marks.

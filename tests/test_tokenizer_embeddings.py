@@ -17,7 +17,7 @@ from tokenizer.spm import load_proto
 from zhdata.errors import InputError
 from zhdata.manifest import read_manifest
 
-MIXTRAL = Path(__file__).parent / "fixtures" / "tokenizers" / "mixtral-8x7b-v0.1.model"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 NEW = ["国家", "▁中国", "人民共和国", "的人", "\ufe0fx"]  # the last starts with a variation selector (byte pieces)
 
 

@@ -20,7 +20,7 @@ from zhdata.manifest import file_sha256, read_manifest
 from zhdata.pack.tokfolder import load_tokenizer_folder
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizers"
-MIXTRAL = FIX / "mixtral-8x7b-v0.1.model"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 TEXT = FIX / "text"
 ADD = 1500
 EDGE = ["", "  两个空格  和\t制表符\n\n换行", "表情😀👩‍👩‍👧与生僻字𠀀𪚥龘", "中文English混合123,456.7元", "\u3000全角空格"]

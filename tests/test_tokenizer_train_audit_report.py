@@ -20,7 +20,7 @@ from tokenizer.spm import BYTE, CONTROL, load_proto, save_proto
 from zhdata.manifest import read_manifest
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizers"
-MIXTRAL = FIX / "mixtral-8x7b-v0.1.model"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 TEXT = FIX / "text"
 
 

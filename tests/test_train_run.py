@@ -26,7 +26,7 @@ from train.quant import LoraRouter, NF4LoraExperts
 from zhdata.manifest import read_manifest
 from zhdata.pack.packer import PackOptions, pack
 
-MIXTRAL_SPM = Path(__file__).parent / "fixtures" / "tokenizers" / "mixtral-8x7b-v0.1.model"
+MIXTRAL_SPM = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 NEW_PIECES = ["▁中国", "学习", "我们", "语言", "模型"]
 TEXTS = ["我们在中国学习语言模型。", "The quick brown fox jumps over the lazy dog.", "语言模型学习中文的文字和词语。",
          "小猫在花园里追蝴蝶，天气很好。"]
