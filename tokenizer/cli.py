@@ -8,7 +8,7 @@ import sys
 from zhdata.command import Command, run
 
 COMMANDS = [
-    Command("train", "tokenizer.train", "train a SentencePiece BPE model of Chinese text"),
+    Command("train", "tokenizer.train_spm", "train a SentencePiece BPE model of Chinese text"),
     Command("extend", "tokenizer.extend", "add exactly N Chinese pieces to a base vocabulary (ids kept, all reachable, non-CJK unchanged)"),
     Command("convert", "tokenizer.convert", "SentencePiece model → Hugging Face tokenizer folder (identical ids)"),
     Command("init-embeddings", "tokenizer.embeddings", "resize a model's embeddings to an extended tokenizer and initialise the new rows"),

@@ -42,7 +42,7 @@ from .corpus import CJK_RE, has_cjk, sample_texts
 from .parity import compare
 from .reach import unreachable
 from .spm import NORMAL, load_proto, model_path, processor
-from .train import add_common, train_bpe, write_training_text
+from .train_spm import add_common, train_bpe, write_training_text
 
 PRIORITIES = ("after-base", "score0")
 MAX_PIECE_CHARS = 16
