@@ -9,7 +9,7 @@ import pytest
 
 from tokenizer.convert import convert_sentencepiece
 from tokenizer.corpus import iter_texts
-from tokenizer.train import write_training_text
+from tokenizer.train_spm import write_training_text
 from train.evaldata import read_texts
 from zhdata.clean import CleanOptions, read_piece
 from zhdata.documents import iter_documents
