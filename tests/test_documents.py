@@ -18,7 +18,7 @@ from zhdata.manifest import Counts, Manifest
 from zhdata.pack.packer import PackOptions, pack
 from zhdata.readers import plan_pieces
 
-FIX = Path(__file__).parent / "fixtures" / "tokenizers"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 
 GOOD = ["好文本", "中文 text"]
 RECORDS = [{"text": GOOD[0]}, [1, 2], {"body": "x"}, {"text": 3}, {"text": None}, {"text": ""}, {"text": " \n "},
@@ -72,7 +72,7 @@ def test_clean_tokenizer_and_eval_read_the_same_documents(corpus, tmp_path):
 
 
 def test_pack_pt_reads_documents_by_the_same_rule(corpus, tmp_path):
-    tok = convert_sentencepiece(FIX / "mixtral-8x7b-v0.1.model", tmp_path / "tok")
+    tok = convert_sentencepiece(MIXTRAL, tmp_path / "tok")
     m = pack([corpus], tok, tmp_path / "packed", PackOptions(mode="pt", block_size=64, val_fraction=0.0,
                                                                on_error="skip", progress=False))
     assert m.counts.dropped == REASONS  # was "no_text" for all three bad records

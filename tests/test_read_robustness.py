@@ -16,7 +16,7 @@ from zhdata.cli import main
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.readers import ReadOptions, guess_encoding, iter_records, plan_pieces
 
-FIX = Path(__file__).parent / "fixtures" / "tokenizers"
+MIXTRAL = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 SIMPLIFIED = ["这是一个关于中国历史的故事，我们来看看他们说了什么。", "今天的天气很好，我们一起去公园散步吧。"]
 TRADITIONAL = ["這是一個關於中國歷史的故事，我們來看看他們說了什麼。", "今天的天氣很好，我們一起去公園散步吧。"]
 
@@ -117,7 +117,7 @@ def test_lone_surrogate_is_invalid_unicode_in_instruct(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
-    return convert_sentencepiece(FIX / "mixtral-8x7b-v0.1.model", tmp_path_factory.mktemp("tok") / "mixtral")
+    return convert_sentencepiece(MIXTRAL, tmp_path_factory.mktemp("tok") / "mixtral")
 
 
 def test_lone_surrogate_is_invalid_unicode_in_pack(tmp_path, tok_dir, capsys):
