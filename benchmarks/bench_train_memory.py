@@ -78,7 +78,7 @@ def write(work: Path) -> None:
         del tensors
     (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
                                                                     "weight_map": weight_map}, indent=1))
-    tok = write_hf_folder(load_proto(REPO / "tests/fixtures/tokenizers/mixtral-8x7b-v0.1.model"), work / "tok")
+    tok = write_hf_folder(load_proto(REPO / "tokenizer/data/mixtral-8x7b-v0.1.model"), work / "tok")
     src = work / "pt.jsonl"
     lines = ["我们在中国学习语言模型。中文的文字和词语很丰富，小猫在花园里追蝴蝶。" * 20,
              "The quick brown fox jumps over the lazy dog, and the model learns both languages." * 10]

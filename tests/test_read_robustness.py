@@ -146,7 +146,7 @@ def test_lone_surrogate_is_invalid_unicode_in_tokenizer_extend(tmp_path, capsys)
     lines = [json.dumps({"text": "中文训练文本第%d行，内容足够长以便训练分词模型。" % i}, ensure_ascii=False) for i in range(60)]
     p = tmp_path / "s.jsonl"
     p.write_text(lines[0] + "\n" + SURROGATE_LINE + "\n".join(lines[1:]) + "\n", encoding="utf-8")
-    common = ["extend", "--base", str(FIX / "mixtral-8x7b-v0.1.model"), "--corpus", str(p), "--add", "10",
+    common = ["extend", "--base", str(MIXTRAL), "--corpus", str(p), "--add", "10",
               "--zh-vocab-size", "300", "--threads", "1"]
     assert tok_main([*common, "-o", str(tmp_path / "stop")]) == 2
     assert "s.jsonl:2: lone surrogate" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-MIXTRAL_SPM = Path(__file__).parent / "fixtures" / "tokenizers" / "mixtral-8x7b-v0.1.model"
+MIXTRAL_SPM = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
 
 
 def tokenizer_folder(out: Path) -> Path:
