@@ -13,7 +13,6 @@ here and labelled as a demonstration model: its numbers show the pipeline, not M
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import shutil
@@ -25,8 +24,10 @@ from typing import Callable
 import polars as pl
 
 from zhdata.errors import InputError
+from zhdata.hashing import hash64
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
+from zhdata.pack.split import split_of
 from zhdata.readers import expand_inputs
 from zhdata.shards import check_output_folder
 
@@ -42,10 +43,6 @@ STAGE_DIRS = ("clean", "dedup", "corpus", "heldout", "tok-orig", "tok-ext", "pac
 SIZES = {"demo": {"layers": 2, "hidden": 64, "experts": 4}, "tiny": {"layers": 1, "hidden": 64, "experts": 4}}
 
 
-def _stable_key(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big")
-
-
 def split_corpus(dedup_dir: Path, corpus_dir: Path, heldout_file: Path, train_chars: int, heldout_chars: int,
                  heldout_every: int = 50) -> dict[str, int]:
     """Held-out documents (stable hash of the id, 1 in `heldout_every`) and a training subset of about
@@ -54,8 +51,8 @@ def split_corpus(dedup_dir: Path, corpus_dir: Path, heldout_file: Path, train_ch
     if not shards:
         raise InputError(dedup_dir, None, "no Parquet shards to split")
     df = pl.concat([pl.read_parquet(f, columns=["id", "text", "source"]) for f in shards])
-    df = df.with_columns(pl.col("id").map_elements(_stable_key, return_dtype=pl.UInt64).alias("_key")).sort("_key")
-    held = df["_key"] % heldout_every == 0
+    df = df.with_columns(pl.col("id").map_elements(hash64, return_dtype=pl.UInt64).alias("_key")).sort("_key")
+    held = df["id"].map_elements(lambda i: split_of(i, 1 / heldout_every) == "val", return_dtype=pl.Boolean)
     held_df, train_df = df.filter(held), df.filter(~held)
     held_df = held_df.filter(held_df["text"].str.len_chars().cum_sum() <= heldout_chars)
     if held_df.height == 0:  # a small corpus: take the first document in hash order

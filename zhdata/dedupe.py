@@ -10,7 +10,6 @@ document of every cluster with its cluster, whether it was kept and why not.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ import polars as pl
 from tqdm import tqdm
 
 from .errors import InputError
+from .hashing import hash64
 from .lock import locked_output
-from .lsh import LSHIndex, UnionFind, band_keys
+from .lsh import LSHIndex, band_keys, duplicate_clusters
 from .manifest import MANIFEST, Counts, Manifest
 from .minhash import optimal_bands, signatures
 from .ngrams import codepoints, ngram_hashes
@@ -75,9 +75,8 @@ def read_texts(path: Path, field: str) -> list[str]:
 
 
 def exact_hashes(keys: list[str]) -> np.ndarray:
-    """blake2b-64 of each dedupe key: stable across machines and library versions (unlike Polars' hash)."""
-    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys],
-                    dtype=np.uint64)
+    """`hash64` of each dedupe key."""
+    return np.fromiter((hash64(k) for k in keys), dtype=np.uint64, count=len(keys))
 
 
 def shard_keys(texts: list[str], opts: DedupeOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -156,21 +155,12 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
             sizes.append(len(z["exact"]))
             if index is not None:
                 index.add_keys(z["bands"])
-    exact = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
+    hashes = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    uf = UnionFind(len(exact))
-    if opts.exact:
-        order = np.argsort(exact, kind="stable")
-        same = np.zeros(len(order), dtype=bool)
-        same[1:] = exact[order][1:] == exact[order][:-1]
-        run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
-        uf.union(order[run_start[same]], order[same])
+    verify = JaccardVerifier(shards, offsets, opts) if opts.verify and index is not None else None
+    roots, exact = duplicate_clusters(len(hashes), hashes if opts.exact else None, index, verify)
     if index is not None:
-        verify = JaccardVerifier(shards, offsets, opts) if opts.verify else None
-        roots = index.clusters(verify, uf)
         index.close()
-    else:
-        roots = uf.labels()
 
     size = np.bincount(roots, minlength=len(roots))
     root_ids: dict[int, str] = {}
@@ -180,7 +170,7 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
         idx = np.arange(offsets[k], offsets[k + 1])
         r = roots[idx]
         keep = r == idx
-        reason = np.where(keep, None, np.where(exact[idx] == exact[r], "exact_duplicate", "near_duplicate"))
+        reason = np.where(keep, None, np.where(exact[idx], "exact_duplicate", "near_duplicate"))
         ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [f"{shard.name}:{i + 1}" for i in range(len(df))]
         in_cluster = size[r] > 1
         for i in np.nonzero(in_cluster & keep)[0]:

@@ -1,10 +1,16 @@
-"""Global LSH over MinHash signatures with bounded memory, and connected components.
+"""Global LSH over MinHash signatures with bounded memory, connected components, and the one duplicate rule.
 
 Band keys are written to one file per band as documents arrive (8 bytes per document per band,
 document index = position). Clustering then loads one band at a time, sorts it, links documents
 that share a key, and merges them in a union-find array: memory is one band plus one int64 per
 document, whatever the corpus size. The cluster root is always the smallest document index, so
 the survivor of a cluster is its first document in corpus order.
+
+The duplicate rule of `zhdata dedupe` and `zhdata instruct` (`duplicate_clusters`): documents are linked when
+their exact keys are equal or when they are near-duplicate candidates (a shared LSH band key) that pass the
+verification; a cluster is a connected component of these links; its first document in input order is kept.
+Every other member is dropped as `exact_duplicate` when an earlier document has the same exact key, otherwise
+as `near_duplicate`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,17 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int, seed: int = 0) -> np.ndar
             k = mix64(k ^ s64[:, b * rows + r])
         keys[:, b] = k
     return keys
+
+
+def equal_key_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, other): every index whose key equals an earlier index's key, paired with the first (smallest)
+    index holding that key."""
+    order = np.argsort(keys, kind="stable")  # stable: within a key, indices stay in order
+    sk = keys[order]
+    same = np.zeros(len(sk), dtype=bool)
+    same[1:] = sk[1:] == sk[:-1]
+    run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(sk))))
+    return order[run_start[same]], order[same]
 
 
 class UnionFind:
@@ -87,13 +104,7 @@ class LSHIndex:
     def candidate_pairs(self, band: int) -> tuple[np.ndarray, np.ndarray]:
         """(first, other): each document that shares this band's key with earlier ones, paired
         with the first document holding that key."""
-        keys = np.fromfile(self.dir / f"band-{band:03d}.u64", dtype=np.uint64)
-        order = np.argsort(keys, kind="stable")  # stable: within a key, documents stay in corpus order
-        sk = keys[order]
-        same = np.zeros(len(sk), dtype=bool)
-        same[1:] = sk[1:] == sk[:-1]
-        run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(sk))))
-        return order[run_start[same]], order[same]
+        return equal_key_pairs(np.fromfile(self.dir / f"band-{band:03d}.u64", dtype=np.uint64))
 
     def clusters(self, verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                  uf: UnionFind | None = None) -> np.ndarray:
@@ -113,3 +124,17 @@ class LSHIndex:
     def close(self) -> None:
         for f in self._files:
             f.close()
+
+
+def duplicate_clusters(n: int, exact_keys: np.ndarray | None = None, index: LSHIndex | None = None,
+                       verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The duplicate rule (module doc) over `n` documents: (cluster root of every document, exact-duplicate mask).
+    A document is kept when it is its own root; dropped ones are exact duplicates where the mask is set, near
+    duplicates otherwise. No `exact_keys`: near duplicates only; no `index`: exact duplicates only."""
+    uf = UnionFind(n)
+    exact = np.zeros(n, dtype=bool)
+    if exact_keys is not None:
+        first, other = equal_key_pairs(exact_keys)
+        uf.union(first, other)
+        exact[other] = True
+    return (index.clusters(verify, uf) if index is not None else uf.labels()), exact

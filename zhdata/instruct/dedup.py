@@ -2,8 +2,9 @@
 
 Both are decided after the streaming pass: every kept conversation appends an 8-byte content hash,
 its prompt's band keys (to `zhdata.lsh.LSHIndex`) and its MinHash signature to files on disk, so
-memory does not grow with the number of rows beyond one band table at decision time. The first
-occurrence in input order survives.
+memory does not grow with the number of rows beyond one band table at decision time. The decision is
+`zhdata dedupe`'s rule (`zhdata.lsh.duplicate_clusters`): the first conversation of each cluster in input
+order survives.
 
 Prompt settings: instruction prompts are short (10-50 characters is typical), so shingles are
 character 3-grams: a 12-character question has 10 of them, and a one-character edit still leaves a
@@ -14,7 +15,6 @@ false positives do not remove distinct short prompts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,15 +22,16 @@ import numpy as np
 
 import polars as pl
 
-from ..lsh import LSHIndex
+from ..hashing import hash64
+from ..lsh import LSHIndex, duplicate_clusters
 from ..minhash import optimal_bands, signatures
 from ..normalize import dedupe_key
 
 
 def conversation_hash(system: str | None, messages: list[tuple[str, str]]) -> int:
-    """Stable 64-bit hash of a canonical JSON of system + messages (blake2b; not Polars' unstable Expr.hash)."""
+    """Stable 64-bit hash of a canonical JSON of system + messages."""
     canon = json.dumps([system, [list(m) for m in messages]], ensure_ascii=False, separators=(",", ":"))
-    return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
+    return hash64(canon)
 
 
 def prompt_text(messages: list[tuple[str, str]]) -> str:
@@ -68,23 +69,18 @@ class DuplicateFinder:
         self.n += len(messages)
 
     def decide(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(exact_dup mask, near_dup mask, root index of each row): the first occurrence of a group is not marked."""
+        """(exact_dup mask, near_dup mask, root index of each row) by `zhdata.lsh.duplicate_clusters`: the first
+        row of a cluster is in neither mask."""
         self._hashes.close()
         self._sigs.close()
-        idx = np.arange(self.n, dtype=np.int64)
-        exact = np.zeros(self.n, dtype=bool)
-        if self.exact and self.n:
-            h = np.fromfile(self.dir / "exact.u64", dtype=np.uint64)
-            order = np.argsort(h, kind="stable")
-            same = h[order][1:] == h[order][:-1]
-            exact[order[1:][same]] = True
-        roots = idx
-        if self.near and self.n:
-            # a read-only map: the pages it touches are clean page cache (RssFile), reclaimable, not heap
-            sigs = np.memmap(self.dir / "signatures.u32", dtype=np.uint32, mode="r", shape=(self.n, self.num_perm))
-            roots = self.index.clusters(lambda u, v: self._verify(sigs, u, v))
+        hashes = np.fromfile(self.dir / "exact.u64", dtype=np.uint64) if self.exact else None
+        index = self.index if self.near and self.n else None
+        # a read-only map: the pages it touches are clean page cache (RssFile), reclaimable, not heap
+        sigs = np.memmap(self.dir / "signatures.u32", dtype=np.uint32, mode="r", shape=(self.n, self.num_perm)) if index else None
+        roots, exact = duplicate_clusters(self.n, hashes, index, lambda u, v: self._verify(sigs, u, v))
+        if self.index is not None:
             self.index.close()
-        near = (roots != idx) & ~exact
+        near = (roots != np.arange(self.n)) & ~exact
         return exact, near, roots
 
     def _verify(self, sigs: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int = 65536) -> np.ndarray:

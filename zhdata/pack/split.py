@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+from ..hashing import hash64
 
 
 def split_of(key: str, val_fraction: float) -> str:
     """'val' for a fixed `val_fraction` of keys, 'train' otherwise; the same key always lands in the same split
-    (blake2b is stable across runs, machines and library versions, unlike Python's or Polars' hashes)."""
+    (`hash64` is stable across runs, machines and library versions)."""
     if val_fraction <= 0:
         return "train"
-    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
-    return "val" if h < val_fraction * 2**64 else "train"
+    return "val" if hash64(key) < val_fraction * 2**64 else "train"
