@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 MANIFEST = "manifest.json"
 _VERSIONED = (
-    "zh-adapt", "polars", "pyarrow", "numpy", "opencc", "datasketch", "sentencepiece",
+    "zh-adapt", "polars", "pyarrow", "numpy", "opencc", "sentencepiece",
     "tokenizers", "torch", "transformers", "peft", "bitsandbytes",
 )
 
