@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import shlex
+from dataclasses import asdict
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from train.cli import main
+from train.config import resolve, to_toml
+from train.evaluate import options_from_args
 from train.quickstart import ENGLISH_HELDOUT
 from train.report import number
+from zhdata.command import build_parser
+
+
+def check_commands(out: Path) -> None:
+    """commands.sh holds every stage as a command that parses, and the commands say what the stage functions did."""
+    commands = [shlex.split(line) for line in (out / "commands.sh").read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith(("#", "set "))]
+    assert [c[:2] for c in commands] == [["zhdata", "clean"], ["zhdata", "dedupe"], ["tokenizer", "convert"],
+                                         ["tokenizer", "extend"], ["zhdata", "pack"], ["zhdata", "pack"],
+                                         ["train", "run"], ["train", "run"], ["train", "eval"], ["train", "eval"],
+                                         ["train", "eval"], ["train", "compare"]]
+    assert "--sample" in commands[0]
+    for argv in commands:
+        cli = importlib.import_module(f"{argv[0]}.cli")
+        args = build_parser(argv[0], cli.DESCRIPTION, cli.COMMANDS).parse_args(argv[1:])
+        if argv[:2] == ["train", "run"]:  # the command resolves to the settings the run recorded
+            cfg = resolve(args)
+            assert to_toml(cfg) == (Path(cfg.output_dir) / "run.toml").read_text(encoding="utf-8")
+        if argv[:2] == ["train", "eval"]:  # ... and to the options the evaluation recorded
+            params = json.loads((Path(args.out) / "manifest.json").read_text(encoding="utf-8"))["params"]
+            opts = {k: v if k != "data" else {n: [str(p) for p in ps] for n, ps in v.items()}
+                    for k, v in asdict(options_from_args(args)).items()}
+            assert {k: params[k] for k in opts} == opts and params["task"] == args.task
 
 
 @pytest.mark.slow
@@ -21,9 +50,11 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"report: {out / 'report' / 'report.html'}" in printed
     md = (out / "report" / "report.md").read_text(encoding="utf-8")
-    verdict = next(line for line in md.splitlines() if line.startswith("**Verdict on "))
-    assert "`model` (MixtralForCausalLM" in verdict and "DEMONSTRATION model" in verdict  # what it is about ...
+    verdict = json.loads((out / "report" / "compare.json").read_text(encoding="utf-8"))["verdict"]
+    assert verdict in printed and verdict.startswith("Verdict on `model` (MixtralForCausalLM")  # what it is about ...
+    assert "DEMONSTRATION model" in verdict and "training characters per run" in verdict
     assert "Chinese bpc" in verdict and "English bpc" in verdict and "95% CI" in verdict  # ... and how sure
+    assert f"**{verdict.split(' — ')[0]}**" in md
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in md.splitlines() if r.startswith("| ")}
     base = json.loads((out / "runs" / "base" / "eval" / "bpc.json").read_text(encoding="utf-8"))["sets"]
     assert rows["en (English)"][1] == number(base["en"]["bpc"])  # English retention, with the base model's bpc
@@ -39,10 +70,7 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert held_ids and not train_ids & held_ids  # held-out text is never trained on
     config = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))
     assert "DEMONSTRATION MODEL" in config["zh_adapt_demo"]
-    commands = (out / "commands.sh").read_text(encoding="utf-8")
-    for stage in ("zhdata clean --sample", "zhdata dedupe", "tokenizer extend", "zhdata pack", "--vocab ext",
-                  f"train eval {out / 'model'} --task bpc", "train compare"):
-        assert stage in commands
+    check_commands(out)
     man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert man["quickstart"]["demonstration_model"] is True
     assert main(argv) == 2  # a second run into the same folder is refused without --overwrite

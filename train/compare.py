@@ -8,7 +8,8 @@ Reads only files, so every number can be re-derived from the run folders:
                       tokens_per_s + chars_per_s (their ratio is the step's tokens per character);
                       elapsed (cumulative seconds) when present, else summed from tokens / tokens_per_s;
                       any eval_bpc* / bpc_* field is plotted as measured bpc. Unreadable lines are skipped.
-  EVAL/bpc.json, EVAL/mc.json, EVAL/ctx_ppl.json (`train eval -o EVAL`; EVAL defaults to RUN/eval)
+  EVAL/bpc.json, EVAL/mc.json, EVAL/ctx_ppl.json (`train eval -o EVAL`; EVAL defaults to RUN/eval;
+                      ctx_ppl.json also from RUN/eval-ctx), EVAL/lm_eval.json
   RUN/experts/experts.json (`train experts RUN -o RUN/experts`), when present
   BASE/bpc.json (--base: `train eval` of the base model before training), when given
   the base model's config.json and *.safetensors headers (name, parameter count, demonstration or not).
@@ -109,7 +110,8 @@ def read_run(run_dir: str | Path, eval_dir: str | Path | None, label: str) -> di
         raise InputError(run_dir, None, "no manifest.json: not a `train run` output folder") from None
     train, params = man.get("train") or {}, man.get("params") or {}
     eval_dir = Path(eval_dir) if eval_dir else run_dir / "eval"
-    paths = {"bpc": eval_dir / "bpc.json", "mc": eval_dir / "mc.json", "ctx": eval_dir / "ctx_ppl.json",
+    ctx = next((p for p in (eval_dir / "ctx_ppl.json", run_dir / "eval-ctx" / "ctx_ppl.json") if p.is_file()), eval_dir / "ctx_ppl.json")
+    paths = {"bpc": eval_dir / "bpc.json", "mc": eval_dir / "mc.json", "ctx": ctx,
              "experts": run_dir / "experts" / "experts.json", "lm_eval": eval_dir / "lm_eval.json"}
     loaded = {k: _load_json(p) for k, p in paths.items()}
     bpc, mc = loaded["bpc"] or {}, loaded["mc"] or {}
@@ -254,7 +256,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _signed(x: float) -> str:
-    return ("+" if x > 0 else "−" if x < 0 else "±") + number(abs(x))
+    return ("+" if x > 0 else "−" if x < 0 else "") + number(abs(x))
 
 
 def describe_difference(d: dict[str, Any], what: str) -> str:
@@ -306,6 +308,12 @@ def comparison(orig: dict[str, Any], ext: dict[str, Any]) -> dict[str, Any]:
 def verdict(orig: dict[str, Any], ext: dict[str, Any], diffs: dict[str, Any] | None = None) -> str:
     """One line: the model it is about, the call on Chinese and English bpc (called only where the 95% interval
     excludes 0), tokens per character, benchmark accuracy and training throughput beside it."""
+    head, parts = verdict_parts(orig, ext, diffs)
+    return f"{head} — " + "; ".join(parts) + "."
+
+
+def verdict_parts(orig: dict[str, Any], ext: dict[str, Any], diffs: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    """(the call with the model it is about, the numbers behind it)."""
     diffs = diffs or comparison(orig, ext)
     parts = []
     zh, en = _pick(diffs["bpc"], "zh"), _pick(diffs["bpc"], "en")
@@ -342,7 +350,7 @@ def verdict(orig: dict[str, Any], ext: dict[str, Any], diffs: dict[str, Any] | N
             call += "; the extended vocabulary is better in English too" if zc != "worse" else ", though better in English"
         else:
             call += "; no clear difference in English"
-    return f"Verdict on {model_phrase(orig, ext)}: {call} — " + "; ".join(parts) + "."
+    return f"Verdict on {model_phrase(orig, ext)}: {call}", parts
 
 
 def _word(call: str) -> str:
@@ -363,7 +371,7 @@ def build_report(orig: dict[str, Any], ext: dict[str, Any], out: Path, base: dic
     diffs = diffs or comparison(orig, ext)
     sides = (orig, ext)
     rep = Report("Original vs extended vocabulary")
-    rep.text(verdict(orig, ext, diffs), "verdict")
+    rep.verdict(*verdict_parts(orig, ext, diffs))
 
     rep.heading("Held-out text: Chinese and English")
     names = list(diffs["bpc"])

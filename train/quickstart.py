@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import time
+from dataclasses import MISSING, fields
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import polars as pl
 
@@ -31,7 +33,6 @@ from zhdata.pack.split import split_of
 from zhdata.readers import expand_inputs
 from zhdata.shards import check_output_folder
 
-from .demo_model import make_demo_model
 
 # The Mixtral tokenizer shipped with the package (Apache-2.0), used when neither --model nor --tokenizer gives one.
 PACKAGED_TOKENIZER = Path(str(resources.files("tokenizer") / "data" / "mixtral-8x7b-v0.1.model"))
@@ -85,7 +86,7 @@ class Chain:
         self.commands: list[str] = []
         self.timings: dict[str, float] = {}
 
-    def stage(self, name: str, fn: Callable[[], object], command: list[str] | None = None) -> object:
+    def stage(self, name: str, fn: Callable[[], Any], command: list[str] | None = None) -> Any:
         self.n += 1
         print(f"\n[{self.n}/{self.total}] {name}" + (f"\n  $ {shlex.join(command)}" if command else ""), flush=True)
         t = time.perf_counter()
@@ -96,21 +97,76 @@ class Chain:
         return result
 
 
-def _cli(main: Callable[[list[str]], int], argv: list[str]) -> Callable[[], int]:
-    def call() -> int:
-        rc = main(argv)
-        if rc:
-            raise RuntimeError(f"`{shlex.join(argv)}` failed with exit code {rc}; see the message above")
-        return rc
-    return call
+def _flags(opts: Any, skip: tuple[str, ...] = (), repeat: tuple[str, ...] = (), comma: bool = False) -> list[str]:
+    """The command-line flags that reproduce a stage's options: every field that differs from its default.
+    Lists are `--x a b` (nargs), `--x a --x b` for the names in `repeat`, or `--x a,b` with `comma`."""
+    flags = []
+    for f in fields(opts):
+        v = getattr(opts, f.name)
+        default = f.default if f.default is not MISSING else f.default_factory() if f.default_factory is not MISSING else MISSING
+        if f.name in skip or v == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            flags.append(flag if v else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(v, list) and f.name in repeat:
+            flags += [x for item in v for x in (flag, str(item))]
+        elif isinstance(v, list):
+            flags += [flag, ",".join(map(str, v))] if comma else [flag, *map(str, v)]
+        else:
+            flags += [flag, str(v)]
+    return flags
+
+
+def _train_and_eval(args: argparse.Namespace, chain: Chain, d: dict[str, Path], model: Path, heldout: Path) -> Path:
+    """Both runs (same text, one vocabulary each), the base model's and both runs' bpc; returns the base eval folder."""
+    from zhdata.lock import output_lock
+
+    from .config import RunConfig
+    from .evaluate import EvalOptions, evaluate
+    from .loop import train
+
+    for v in ("orig", "ext"):
+        # always the tokenizer the data was packed with (a downloaded model's own tokenizer.json differs in bytes)
+        cfg = RunConfig(model=str(model), data=str(d[f"packed-{v}"]), output_dir=str(d["runs"] / v), stage="pt", vocab=v,
+                        tokenizer=str(d[f"tok-{v}"]), base_tokenizer=str(d["tok-orig"]) if v == "ext" else "",
+                        epochs=1.0, micro_batch_size=args.micro_batch_size, lr=args.lr, lora_r=args.lora_r,
+                        lora_alpha=float(2 * args.lora_r), save_every=0, max_val_batches=4, device=args.device, log_every=1,
+                        # the demonstration model is small: recomputation would only cost time
+                        gradient_checkpointing=args.model is not None)
+
+        def run_one(cfg: RunConfig = cfg) -> dict[str, Any]:
+            with output_lock(cfg.output_dir):
+                return train(cfg)
+        chain.stage(f"train ({v} vocabulary, one pass over the same text)", run_one, ["train", "run", *_flags(cfg, comma=True)])
+    heldout_en = Path(args.heldout_en) if args.heldout_en else ENGLISH_HELDOUT
+    data = [f"zh={heldout}", f"en={heldout_en}"]
+    base_eval = d["runs"] / "base" / "eval"
+    opts = EvalOptions(data=data, device=args.device)
+    chain.stage("evaluate the base model before training (bpc)", lambda: evaluate(model, ["bpc"], base_eval, opts),
+                ["train", "eval", str(model), "--task", "bpc", *[x for s in data for x in ("--data", s)],
+                 *_flags(opts, skip=("data",)), "-o", str(base_eval)])
+    tasks = ["bpc", "mc"] if args.bench else ["bpc"]
+    opts = EvalOptions(data=data, device=args.device, bench=list(args.bench),
+                       max_questions=args.max_questions if args.bench else None)
+    for v in ("orig", "ext"):
+        run_dir = d["runs"] / v
+        chain.stage(f"evaluate ({v} vocabulary)", lambda run_dir=run_dir: evaluate(run_dir, tasks, run_dir / "eval", opts),
+                    ["train", "eval", str(run_dir), "--task", *tasks, *[x for s in data for x in ("--data", s)],
+                     *_flags(opts, skip=("data",), repeat=("bench",)), "-o", str(run_dir / "eval")])
+    return base_eval
 
 
 @locked_output("out")
 def run(args: argparse.Namespace) -> int:
     from tokenizer.cli import main as tok_main
-    from zhdata.cli import main as zh_main
+    from tokenizer.convert import convert_sentencepiece
+    from zhdata.clean import CleanOptions, run_clean, sample_path
+    from zhdata.dedupe import DedupeOptions, run_dedupe
+    from zhdata.pack.packer import PackOptions, pack
 
-    from .cli import main as train_main
+    from .compare import compare
+    from .demo_model import make_demo_model
 
     out = Path(args.out)
     check_output_folder(out, args.input or [])  # before --overwrite deletes anything
@@ -124,10 +180,11 @@ def run(args: argparse.Namespace) -> int:
     man = Manifest("train quickstart", cli_params(args))
     started = time.perf_counter()
     chain = Chain(out, 13 + (1 if args.model is None else 0))
-    inputs = ["--sample"] if not args.input else [str(p) for p in expand_inputs(args.input)]
-    chain.stage("clean", _cli(zh_main, ["clean", *inputs, "-o", str(d["clean"]), "--overwrite"]),
-                ["zhdata", "clean", *inputs, "-o", str(d["clean"])])
-    chain.stage("dedupe", _cli(zh_main, ["dedupe", str(d["clean"]), "-o", str(d["dedup"]), "--overwrite"]),
+    workers = os.cpu_count() or 1  # as the commands' default
+    inputs = [str(p) for p in expand_inputs(args.input)] if args.input else [str(sample_path())]
+    chain.stage("clean", lambda: run_clean(inputs, d["clean"], CleanOptions(), workers, overwrite=True),
+                ["zhdata", "clean", *(inputs if args.input else ["--sample"]), "-o", str(d["clean"])])
+    chain.stage("dedupe", lambda: run_dedupe(d["clean"], d["dedup"], DedupeOptions(), workers, overwrite=True),
                 ["zhdata", "dedupe", str(d["clean"]), "-o", str(d["dedup"])])
     heldout = d["heldout"] / "zh.jsonl"
     split = chain.stage("split held-out / training text", lambda: split_corpus(
@@ -135,15 +192,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {split['train_documents']:,} training documents ({split['train_chars']:,} characters), "
           f"{split['heldout_documents']:,} held out ({split['heldout_chars']:,} characters)")
     base = base_tokenizer(args)
-    cmd = ["tokenizer", "convert", str(base), "-o", str(d["tok-orig"])]
-    chain.stage("tokenizer convert (original vocabulary)", _cli(tok_main, cmd[1:]), cmd)
+    chain.stage("tokenizer convert (original vocabulary)", lambda: convert_sentencepiece(base, d["tok-orig"]),
+                ["tokenizer", "convert", str(base), "-o", str(d["tok-orig"])])
+    # `tokenizer extend --corpus` (train Chinese pieces, select, verify) has no stage function yet: its command entry
     cmd = ["tokenizer", "extend", "--base", str(d["tok-orig"]), "--corpus", str(d["corpus"]), "--add", str(args.add),
            "-o", str(d["tok-ext"])]
-    chain.stage(f"tokenizer extend (+{args.add:,} Chinese pieces)", _cli(tok_main, cmd[1:]), cmd)
+    chain.stage(f"tokenizer extend (+{args.add:,} Chinese pieces)", lambda: _check_rc(tok_main(cmd[1:]), cmd), cmd)
     for v in ("orig", "ext"):
-        cmd = ["zhdata", "pack", str(d["corpus"]), "--tokenizer", str(d[f"tok-{v}"]), "-o", str(d[f"packed-{v}"]),
-               "--mode", "pt", "--block-size", str(args.block_size), "--overwrite"]
-        chain.stage(f"pack ({v} vocabulary)", _cli(zh_main, cmd[1:]), cmd)
+        opts = PackOptions(mode="pt", block_size=args.block_size, overwrite=True)
+        chain.stage(f"pack ({v} vocabulary)", lambda v=v, opts=opts: pack([d["corpus"]], d[f"tok-{v}"], d[f"packed-{v}"], opts),
+                    ["zhdata", "pack", str(d["corpus"]), "--tokenizer", str(d[f"tok-{v}"]), "-o", str(d[f"packed-{v}"]),
+                     "--mode", "pt", "--block-size", str(args.block_size), "--overwrite"])
     model = Path(args.model) if args.model else d["model"]
     if args.model is None:
         size = SIZES[args.size]
@@ -151,41 +210,27 @@ def run(args: argparse.Namespace) -> int:
                     f"{size['experts']} experts; NOT Mixtral)",
                     lambda: make_demo_model(d["tok-orig"], model, layers=size["layers"], hidden=size["hidden"],
                                             experts=size["experts"], max_positions=max(512, args.block_size)))
-    common = ["--model", str(model), "--stage", "pt", "--epochs", "1", "--micro-batch-size", str(args.micro_batch_size),
-              "--lr", str(args.lr), "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
-              "--save-every", "0", "--max-val-batches", "4", "--device", args.device, "--log-every", "1"]
-    if args.model is None:
-        common.append("--no-gradient-checkpointing")  # the demonstration model is small: recomputation only costs time
-    runs = {"orig": d["runs"] / "orig", "ext": d["runs"] / "ext"}
-    for v in ("orig", "ext"):
-        # always the tokenizer the data was packed with (a downloaded model's own tokenizer.json differs in bytes)
-        extra = (["--tokenizer", str(d["tok-orig"])] if v == "orig"
-                 else ["--tokenizer", str(d["tok-ext"]), "--base-tokenizer", str(d["tok-orig"])])
-        cmd = ["train", "run", *common, "--data", str(d[f"packed-{v}"]), "--vocab", v, *extra, "--output-dir", str(runs[v])]
-        chain.stage(f"train ({v} vocabulary, one pass over the same text)", _cli(train_main, cmd[1:]), cmd)
-    heldout_en = args.heldout_en or ENGLISH_HELDOUT
-    base_eval = d["runs"] / "base" / "eval"
-    cmd = ["train", "eval", str(model), "--task", "bpc", "--data", f"zh={heldout}", "--data", f"en={heldout_en}",
-           "--device", args.device, "-o", str(base_eval)]
-    chain.stage("evaluate the base model before training (bpc)", _cli(train_main, cmd[1:]), cmd)
-    for v in ("orig", "ext"):
-        cmd = ["train", "eval", str(runs[v]), "--task", "bpc", *(["mc"] if args.bench else []), "--data", f"zh={heldout}",
-               "--data", f"en={heldout_en}", "--device", args.device, "-o", str(runs[v] / "eval")]
-        if args.bench:
-            cmd += [x for b in args.bench for x in ("--bench", b)] + ["--max-questions", str(args.max_questions)]
-        chain.stage(f"evaluate ({v} vocabulary)", _cli(train_main, cmd[1:]), cmd)
-    cmd = ["train", "compare", str(runs["orig"]), str(runs["ext"]), "--base", str(base_eval), "-o", str(d["report"])]
-    chain.stage("compare", _cli(train_main, cmd[1:]), cmd)
+    base_eval = _train_and_eval(args, chain, d, model, heldout)
+    runs = [d["runs"] / "orig"], [d["runs"] / "ext"]
+    result = chain.stage("compare", lambda: compare(*runs, d["report"], base_eval=base_eval),
+                         ["train", "compare", str(runs[0][0]), str(runs[1][0]), "--base", str(base_eval), "-o", str(d["report"])])
     (out / "commands.sh").write_text("#!/bin/sh\n# the stages `train quickstart` ran, as commands\nset -e\n"
                                      + "\n".join(chain.commands) + "\n", encoding="utf-8")
     man.counts.records_in = man.counts.records_out = split["documents"]
     man.extra["quickstart"] = {"split": split, "stage_seconds": chain.timings, "model": str(model),
-                               "demonstration_model": args.model is None,
+                               "demonstration_model": args.model is None, "verdict": result["verdict"],
                                "total_seconds": round(time.perf_counter() - started, 1)}
     man.write(out)
+    print(f"\n{result['verdict']}")
     print(f"\nquickstart finished in {man.extra['quickstart']['total_seconds']:.0f} s")
     print(f"report: {d['report'] / 'report.html'}  (Markdown: {d['report'] / 'report.md'})")
     return 0
+
+
+def _check_rc(rc: int, argv: list[str]) -> int:
+    if rc:
+        raise RuntimeError(f"`{shlex.join(argv)}` failed with exit code {rc}; see the message above")
+    return rc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

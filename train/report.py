@@ -11,8 +11,8 @@ from typing import Any
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem}"
         "td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}"
-        "img{max-width:100%}.verdict{font-size:1.05rem;line-height:1.5;background:#eef6ee;padding:.8rem;border-left:4px solid #4a4}"
-        "td{white-space:nowrap}")
+        "img{max-width:100%}.verdict{line-height:1.5;background:#eef6ee;padding:.4rem 1rem;border-left:4px solid #4a4}"
+        ".verdict p{font-size:1.1rem}td.n{white-space:nowrap}td{overflow-wrap:anywhere}")
 
 
 @dataclass
@@ -25,6 +25,10 @@ class Report:
 
     def text(self, text: str, cls: str = "") -> None:
         self.blocks.append(("p", (text, cls)))
+
+    def verdict(self, head: str, points: list[str]) -> None:
+        """The conclusion, in bold, and the numbers behind it as a list."""
+        self.blocks.append(("verdict", (head, points)))
 
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         self.blocks.append(("table", (header, rows)))
@@ -39,6 +43,8 @@ class Report:
                 out += [f"## {b}", ""]
             elif kind == "p":
                 out += [f"**{b[0]}**" if b[1] == "verdict" else b[0], ""]
+            elif kind == "verdict":
+                out += [f"**{b[0]}**", ""] + [f"- {x}" for x in b[1]] + [""]
             elif kind == "table":
                 header, rows = b
                 out += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -57,6 +63,9 @@ class Report:
                 out.append(f"<h2>{html.escape(b)}</h2>")
             elif kind == "p":
                 out.append(f"<p class='{b[1]}'>{html.escape(b[0])}</p>")
+            elif kind == "verdict":
+                out.append(f"<div class='verdict'><p><b>{html.escape(b[0])}</b></p><ul>"
+                           + "".join(f"<li>{html.escape(x)}</li>" for x in b[1]) + "</ul></div>")
             elif kind == "table":
                 header, rows = b
                 out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
