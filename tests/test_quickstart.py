@@ -14,7 +14,7 @@ import pytest
 from train.cli import main
 from train.config import resolve, to_toml
 from train.evaluate import options_from_args
-from train.quickstart import ENGLISH_HELDOUT
+from train.quickstart import ANSWER_TOKENS, ENGLISH_HELDOUT
 from train.report import number
 from zhdata.command import build_parser
 
@@ -26,11 +26,12 @@ def check_commands(out: Path) -> None:
     assert [c[:2] for c in commands] == [["zhdata", "clean"], ["zhdata", "dedupe"], ["tokenizer", "convert"],
                                          ["tokenizer", "extend"], ["zhdata", "pack"], ["zhdata", "pack"],
                                          ["train", "run"], ["train", "run"], ["train", "eval"], ["train", "eval"],
-                                         ["train", "eval"], ["train", "compare"]]
+                                         ["train", "eval"], ["train", "compare"], ["train", "generate"],
+                                         ["train", "generate"]]
     assert "--sample" in commands[0]
     for argv in commands:
         cli = importlib.import_module(f"{argv[0]}.cli")
-        args = build_parser(argv[0], cli.DESCRIPTION, cli.COMMANDS).parse_args(argv[1:])
+        args = build_parser(argv[0], cli.DESCRIPTION, cli.COMMANDS, load=argv[1]).parse_args(argv[1:])
         if argv[:2] == ["train", "run"]:  # the command resolves to the settings the run recorded
             cfg = resolve(args)
             assert to_toml(cfg) == (Path(cfg.output_dir) / "run.toml").read_text(encoding="utf-8")
@@ -71,6 +72,11 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     config = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))
     assert "DEMONSTRATION MODEL" in config["zh_adapt_demo"]
     check_commands(out)
+    for v in ("orig", "ext"):  # the run ends with a few answers of each model, one per prompt
+        answers = [json.loads(line) for line in (out / "answers" / f"{v}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [a["id"] for a in answers] == ["capital", "poem", "english"] and all(
+            isinstance(a["answer"], str) and 0 <= a["answer_tokens"] <= ANSWER_TOKENS and a["finish"] in ("eos", "length")
+            for a in answers)
     man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert man["quickstart"]["demonstration_model"] is True
     assert main(argv) == 2  # a second run into the same folder is refused without --overwrite

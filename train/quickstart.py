@@ -6,6 +6,7 @@ Stages (each is the documented command; DIR/commands.sh lists them so they can b
   3. split: held-out text / training text          7. train run, once per vocabulary (same text)
   4. tokenizer convert + tokenizer extend          8. train eval: the base model, then each run (Chinese and
                                                      English held-out bpc; mc with --bench)  9. train compare
+                                                  10. train generate: a few answers of both runs
 Offline. Without --model the model is a small, randomly initialised Mixtral-architecture model created
 here and labelled as a demonstration model: its numbers show the pipeline, not Mixtral's quality.
 """
@@ -40,7 +41,11 @@ PACKAGED_TOKENIZER = Path(str(resources.files("tokenizer") / "data" / "mixtral-8
 ENGLISH_HELDOUT = Path(str(resources.files("train") / "data" / "heldout_en.jsonl"))
 # Demonstration model sizes: `demo` for the README's run, `tiny` for CI (hidden >= 64: the NF4 block size on CPU).
 STAGE_DIRS = ("clean", "dedup", "corpus", "heldout", "tok-orig", "tok-ext", "packed-orig", "packed-ext", "model", "runs",
-              "report")
+              "report", "answers")
+# A few prompts both runs answer at the end (a demonstration model's answers show the plumbing, not quality).
+PROMPTS = [{"id": "capital", "prompt": "中国的首都是哪里？"}, {"id": "poem", "prompt": "请写一句关于春天的诗。"},
+           {"id": "english", "prompt": "What is the capital of France?"}]
+ANSWER_TOKENS = 24
 SIZES = {"demo": {"layers": 2, "hidden": 64, "experts": 4}, "tiny": {"layers": 1, "hidden": 64, "experts": 4}}
 
 
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     man = Manifest("train quickstart", cli_params(args))
     started = time.perf_counter()
-    chain = Chain(out, 13 + (1 if args.model is None else 0))
+    chain = Chain(out, 15 + (1 if args.model is None else 0))
     workers = os.cpu_count() or 1  # as the commands' default
     inputs = [str(p) for p in expand_inputs(args.input)] if args.input else [str(sample_path())]
     chain.stage("clean", lambda: run_clean(inputs, d["clean"], CleanOptions(), workers, overwrite=True),
@@ -214,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     runs = [d["runs"] / "orig"], [d["runs"] / "ext"]
     result = chain.stage("compare", lambda: compare(*runs, d["report"], base_eval=base_eval),
                          ["train", "compare", str(runs[0][0]), str(runs[1][0]), "--base", str(base_eval), "-o", str(d["report"])])
+    answers = _answers(args, chain, d)
     (out / "commands.sh").write_text("#!/bin/sh\n# the stages `train quickstart` ran, as commands\nset -e\n"
                                      + "\n".join(chain.commands) + "\n", encoding="utf-8")
     man.counts.records_in = man.counts.records_out = split["documents"]
@@ -221,10 +227,33 @@ def run(args: argparse.Namespace) -> int:
                                "demonstration_model": args.model is None, "verdict": result["verdict"],
                                "total_seconds": round(time.perf_counter() - started, 1)}
     man.write(out)
+    for pid in (p["id"] for p in PROMPTS):
+        print(f"\n{pid}: " + "  |  ".join(f"{v}: {answers[v][pid]!r}" for v in answers))
     print(f"\n{result['verdict']}")
     print(f"\nquickstart finished in {man.extra['quickstart']['total_seconds']:.0f} s")
     print(f"report: {d['report'] / 'report.html'}  (Markdown: {d['report'] / 'report.md'})")
     return 0
+
+
+def _answers(args: argparse.Namespace, chain: Chain, d: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """A few answers of both runs (`train generate`), written to OUT/answers/{orig,ext}.jsonl."""
+    from .generate import GenSettings, generate_answers
+
+    prompts = d["answers"] / "prompts.jsonl"
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    prompts.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PROMPTS), encoding="utf-8")
+    out: dict[str, dict[str, str]] = {}
+    for v in ("orig", "ext"):
+        def gen(v: str = v) -> None:
+            answers = generate_answers(d["runs"] / v, PROMPTS, GenSettings(max_new_tokens=ANSWER_TOKENS), device=args.device)
+            with (d["answers"] / f"{v}.jsonl").open("w", encoding="utf-8") as f:
+                for a in answers:
+                    f.write(json.dumps({"model": v, **a}, ensure_ascii=False) + "\n")
+            out[v] = {a["id"]: a["answer"] for a in answers}
+        chain.stage(f"generate a few answers ({v} vocabulary)", gen,
+                    ["train", "generate", str(d["runs"] / v), "--prompts", str(prompts), "-o", str(d["answers"] / f"{v}.jsonl"),
+                     "--max-new-tokens", str(ANSWER_TOKENS), "--device", args.device, "--name", v])
+    return out
 
 
 def _check_rc(rc: int, argv: list[str]) -> int:
