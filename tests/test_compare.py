@@ -112,7 +112,7 @@ def test_verdict_calls_a_clear_gain_and_weighs_english(tmp_path):
     v = verdict(o, e)
     assert "the extended vocabulary is better for Chinese; no clear difference in English" in v
     assert "44% fewer tokens per Chinese character" in v and "x1.70 characters/s" in v
-    assert re.search(r"Chinese bpc 2\.\d\d \(ext\) vs 3\.\d\d \(orig\), Δ −0\.\d+ \[95% CI −0\.\d+, −0\.\d+\] over 60 documents", v)
+    assert re.search(r"Chinese bpc 2\.\d\d \(ext\) vs 3\.\d\d \(orig\), Δ −0\.\d+ \(−1\d\.\d%\) \[95% CI −0\.\d+, −0\.\d+\] over 60 documents", v)
     assert "ceval 0-shot accuracy 0.500 (ext) vs 0.300 (orig), Δ +0.200 [95% CI +" in v
 
 
@@ -127,7 +127,7 @@ def test_english_regression_with_chinese_gain_is_reported(tmp_path):
     o, e = pair(tmp_path, {"zh": 3.0, "en": 1.2}, {"zh": 2.5, "en": 1.6, "seed": 7})
     v = verdict(o, e)
     assert "the extended vocabulary is better for Chinese, but the extended vocabulary costs English" in v
-    assert re.search(r"English bpc 1\.\d\d \(ext\) vs 1\.\d\d \(orig\), Δ \+0\.\d+ \[95% CI \+0\.\d+, \+0\.\d+\].*: extended worse", v)
+    assert re.search(r"English bpc 1\.\d\d \(ext\) vs 1\.\d\d \(orig\), Δ \+0\.\d+ \(\+\d+\.\d%\) \[95% CI \+0\.\d+, \+0\.\d+\].*: extended worse", v)
 
 
 def test_verdict_names_the_model(tmp_path):

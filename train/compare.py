@@ -261,7 +261,8 @@ def _signed(x: float) -> str:
 
 def describe_difference(d: dict[str, Any], what: str) -> str:
     """'Chinese bpc 10.30 (ext) vs 10.99 (orig), Δ −0.69 [95% CI −0.75, −0.62] over 12 documents'."""
-    s = f"{what} {number(d['ext'])} (ext) vs {number(d['orig'])} (orig), Δ {_signed(d['diff'])}"
+    rel = f" ({d['diff'] / d['orig'] * 100:+.1f}%)".replace("-", "−") if "set" in d and d["orig"] else ""
+    s = f"{what} {number(d['ext'])} (ext) vs {number(d['orig'])} (orig), Δ {_signed(d['diff'])}{rel}"
     iv = d["interval"]
     if iv:
         unit = "documents" if "set" in d else "questions"
@@ -281,7 +282,7 @@ def model_phrase(orig: dict[str, Any], ext: dict[str, Any]) -> str:
     if m["parameters"]:
         bits.append(f"{_count(m['parameters'])} parameters")
     if m.get("layers"):
-        bits.append(f"{m['layers']} layers" + (f" x {m['experts']} experts" if m.get("experts") else ""))
+        bits.append(f"{m['layers']} layer{'s' if m['layers'] != 1 else ''}" + (f" x {m['experts']} experts" if m.get("experts") else ""))
     kind = ("a randomly initialised DEMONSTRATION model, not Mixtral: it shows the pipeline, not Mixtral's quality"
             if m["demonstration"] else None)
     seeds = len(orig["runs"])

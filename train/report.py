@@ -80,7 +80,7 @@ class Report:
 
 
 def number(x: Any) -> str:
-    """A number for reading: thousands separators; 2 decimals from 1 up, 3 below 1, none from 1,000 up."""
+    """A number for reading: thousands separators; none from 1,000 up, 2 decimals from 1 up, 3 below 1 (4 below 0.01)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -95,6 +95,6 @@ def number(x: Any) -> str:
     elif a == 0:
         return "0"
     else:
-        s = f"{a:.3f}" if a >= 0.01 else f"{a:.2e}"
+        s = f"{a:.3f}" if a >= 0.01 else f"{a:.4f}" if a >= 0.0001 else f"{a:.1e}"
     return ("−" if x < 0 else "") + s  # the minus sign, not a hyphen
 
