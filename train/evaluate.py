@@ -25,7 +25,7 @@ from zhdata.readers import DEFAULT_MAX_RECORD_MB, ReadOptions, add_read_options
 
 from .evaldata import parse_sets, read_texts
 
-TASKS = ("bpc", "ctx-ppl", "mc")
+TASKS = ("bpc", "ctx-ppl", "mc", "lm-eval")
 MC_SPLITS = ("dev", "val", "test")
 PPL_NOTE = ("bpc and bits per byte do not depend on the vocabulary and compare fairly across tokenizers; "
             "per-token perplexity (token_ppl) does NOT: a vocabulary with longer pieces has fewer, harder tokens.")
@@ -53,6 +53,12 @@ class EvalOptions:
     subjects: list[str] | None = None
     max_questions: int | None = None
     mc_lang: str = "auto"
+    lm_eval_tasks: list[str] = field(default_factory=list)  # lm-eval: see train/lmeval.py
+    lm_eval_include: list[str] = field(default_factory=list)
+    lm_eval_shots: int | None = None
+    lm_eval_limit: float | None = None
+    lm_eval_batch_size: int = 8
+    lm_eval_max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # `{"zh": "heldout/zh.jsonl"}` or `["zh=heldout/zh.jsonl"]` are accepted too, as from the command line
@@ -195,7 +201,13 @@ def run_mc(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, ou
     return mc.run_mc(model, tok, name, opts, man, out)
 
 
-STAGES = {"bpc": run_bpc, "ctx-ppl": run_ctx_ppl, "mc": run_mc}
+def run_lm_eval(model: Any, tok: Any, name: str, opts: EvalOptions, man: Manifest, out: Path) -> dict[str, Any]:
+    from . import lmeval
+
+    return lmeval.run_lm_eval(model, tok, name, opts, man, out)
+
+
+STAGES = {"bpc": run_bpc, "ctx-ppl": run_ctx_ppl, "mc": run_mc, "lm-eval": run_lm_eval}
 
 
 def evaluate(model: str | Path, tasks: list[str], out: str | Path, opts: EvalOptions | None = None,
@@ -269,6 +281,9 @@ MODEL is a `train run` folder (4-bit base + adapter) or a plain Hugging Face mod
     g.add_argument("--doc-chars", type=int, default=200_000, help="ctx-ppl: score the first N characters of each document")
     g.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad input records: stop or count and skip")
     _mc_arguments(p.add_argument_group("mc"))
+    from .lmeval import add_arguments
+
+    add_arguments(p.add_argument_group("lm-eval (lm-evaluation-harness, offline; see train/lmeval.py)"))
 
 
 def _mc_arguments(g: argparse._ArgumentGroup) -> None:
