@@ -15,6 +15,7 @@ COMMANDS = [
     Command("compare", "train.compare", "report: original vs extended vocabulary (Markdown + self-contained HTML)"),
     Command("quickstart", "train.quickstart", "the whole chain on the built-in sample: clean ... train both vocabularies ... report"),
     Command("generate", "train.generate", "answer a file of prompts with a trained model (batched, greedy or sampled)"),
+    Command("chat", "train.chat", "interactive chat with a trained model in the terminal (streamed answers)"),
     Command("arena", "train.arena", "local chatbot arena: anonymous pair-wise votes on answers, and its report"),
 ]
 DESCRIPTION = ("QLoRA training of Mixtral-architecture models (4-bit experts included) for the original or the extended vocabulary, evaluation, expert analysis and the vocabulary comparison.")

@@ -185,8 +185,10 @@ def eos_ids(model: Any, tok: Any) -> list[int]:
     return sorted(set(ids))
 
 
-def generate_batch(model: Any, tok: Any, batch: list[list[int]], s: GenSettings, generator_seed: int | None = None) -> list[dict]:
-    """Continue each token list (left-padded into one batch, KV cache); per row: new ids, text, finish reason."""
+def generate_batch(model: Any, tok: Any, batch: list[list[int]], s: GenSettings, generator_seed: int | None = None,
+                   streamer: Any = None) -> list[dict]:
+    """Continue each token list (left-padded into one batch, KV cache); per row: new ids, text, finish reason.
+    A transformers streamer (one row only) receives the tokens as they are generated."""
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -206,7 +208,7 @@ def generate_batch(model: Any, tok: Any, batch: list[list[int]], s: GenSettings,
         torch.manual_seed(generator_seed)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
-                             stopping_criteria=StoppingCriteriaList([finish]))
+                             stopping_criteria=StoppingCriteriaList([finish]), streamer=streamer)
     rows = []
     for r in range(len(batch)):
         n, reason = finish.ended[r] or (min(out.shape[1] - width, s.max_new_tokens), "length")
@@ -299,11 +301,30 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.name.split(".")[0] + ".manifest.json")
 
 
+def settings_from_args(args: argparse.Namespace) -> GenSettings:
+    return GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                       repetition_penalty=args.repetition_penalty, seed=args.seed,
+                       stop=[x.replace("\\n", "\n").replace("\\t", "\t") for x in args.stop],
+                       batch_size=getattr(args, "batch_size", 1), chat_template=not args.no_chat_template)
+
+
+def add_decoding_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The decoding flags shared by `train generate` and `train chat`."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"at most this many new tokens per answer (default {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy decoding; > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (sampling only; default 1.0 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off, default)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' repetition penalty (1.0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (batch i uses seed + i)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end an answer at this text (not part of the answer); repeatable; \\n and \\t are newline and tab")
+    p.add_argument("--no-chat-template", action="store_true",
+                   help="continue the prompt text as it is instead of rendering it with the chat template")
+
+
 def run(args: argparse.Namespace) -> int:
-    s = GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    repetition_penalty=args.repetition_penalty, seed=args.seed,
-                    stop=[x.replace("\\n", "\n").replace("\\t", "\t") for x in args.stop],
-                    batch_size=args.batch_size, chat_template=not args.no_chat_template)
+    s = settings_from_args(args)
     s.check()
     out = Path(args.output)
     if out.suffix != ".jsonl":
@@ -362,17 +383,8 @@ time of its batch), batch_size; `<name>.manifest.json` beside it holds inputs, s
     p.add_argument("--prompts", nargs="+", required=True, help="prompt files or folders (JSONL/JSON/Parquet/txt)")
     p.add_argument("-o", "--output", required=True, help="answers file (.jsonl)")
     p.add_argument("--name", default=None, help="model name in the answers (default: the model folder's name)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="at most this many new tokens per answer (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy decoding; > 0 samples")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (sampling only; default 1.0 = off)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off, default)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' repetition penalty (1.0 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (batch i uses seed + i)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end an answer at this text (not part of the answer); repeatable; \\n and \\t are newline and tab")
+    add_decoding_arguments(p, max_new_tokens=256)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch (left padded; default 8)")
-    p.add_argument("--no-chat-template", action="store_true",
-                   help="continue the prompt text as it is instead of rendering it with the chat template")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad prompt records: stop, or count and skip")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
