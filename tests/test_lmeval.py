@@ -3,6 +3,7 @@ and the harness' bits per byte equal to our own bpc task's on the same texts."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -77,3 +78,51 @@ def test_lm_eval_refuses_unknown_tasks_in_one_line(tmp_path, capsys):
     assert main(["eval", str(model), "--task", "lm-eval", "--lm-eval-tasks", "no_such_task", "--lm-eval-include", str(folder),
                  "-o", str(tmp_path / "e")]) == 2
     assert "unknown lm-eval task(s) no_such_task" in capsys.readouterr().err
+
+
+def test_builtin_ceval_scoring_agrees_with_the_harness_question_by_question(tmp_path):
+    """`train eval --task mc` against the harness on the same C-Eval questions (the fixture's computer_network), with
+    the harness task written in C-Eval's format (its ceval-valid YAML, local data); the only change is
+    `target_delimiter: ""`: our prompt puts the letter right after 答案： where the harness' ceval-valid puts a space."""
+    from lm_eval.tasks import TaskManager
+
+    from train.mc import build_prompt, load_benchmark
+
+    ceval = Path(__file__).parent / "fixtures" / "eval" / "ceval"
+    model = tiny_model(tmp_path / "model", tokenizer_folder(tmp_path / "tok"))
+    out = tmp_path / "mc"
+    assert main(["eval", str(model), "--task", "mc", "--bench", str(ceval), "--subjects", "computer_network",
+                 "--shots", "0", "2", "-o", str(out)]) == 0
+    ours = json.loads((out / "mc.json").read_text(encoding="utf-8"))["benchmarks"]["ceval"]["shots"]
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    with (ceval / "dev" / "computer_network_dev.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    dev = tmp_path / "dev.csv"  # the datasets csv loader wants the same columns in every split: no `explanation`
+    with dev.open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, ["id", "question", "A", "B", "C", "D", "answer"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (folder / "cn.yaml").write_text(
+        "task: ceval_local_computer_network\ndataset_path: csv\ndataset_kwargs:\n  data_files:\n"
+        f"    validation: {ceval / 'val' / 'computer_network_val.csv'}\n    dev: {dev}\n"
+        "validation_split: validation\nfewshot_split: dev\nfewshot_config:\n  sampler: first_n\n"
+        "description: \"以下是中国关于计算机网络考试的单项选择题，请选出其中的正确答案。\\n\\n\"\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: \"{{question.strip()}}\\nA. {{A}}\\nB. {{B}}\\nC. {{C}}\\nD. {{D}}\\n答案：\"\n"
+        "doc_to_choice: [\"A\", \"B\", \"C\", \"D\"]\ndoc_to_target: \"{{['A', 'B', 'C', 'D'].index(answer)}}\"\n"
+        "target_delimiter: \"\"\nfewshot_delimiter: \"\\n\\n\"\nmetric_list:\n  - metric: acc\n", encoding="utf-8")
+    for shots in (0, 2):
+        theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", device="cpu",
+                                         tasks=["ceval_local_computer_network"], num_fewshot=shots, batch_size=1,
+                                         task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+                                         log_samples=True)
+        samples = sorted(theirs["samples"]["ceval_local_computer_network"], key=lambda s: s["doc_id"])
+        assert [int(s["acc"]) for s in samples] == ours[str(shots)]["subjects"]["computer_network"]["right"]
+        assert theirs["results"]["ceval_local_computer_network"]["acc,none"] == pytest.approx(
+            ours[str(shots)]["categories"]["overall"]["acc"])
+        # the same prompt text, character for character
+        bench = load_benchmark(ceval, subjects=["computer_network"])
+        subj = bench.subjects[0]
+        for s, q in zip(samples, subj.eval):
+            assert s["arguments"][0][0] == build_prompt(bench, subj, q, shots)
