@@ -37,7 +37,7 @@ class RunConfig:
     quant_blocksize: int = field(default=64, metadata={"help": "NF4 block size (double quantisation always on)"})
     router_aux_loss_coef: float = field(default=0.02, metadata={"help": "load-balancing loss coefficient (MoE models; 0 turns it off)"})
     lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay of the adapter matrices (embedding and LM-head rows, norms and biases get none)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up as a fraction of all optimizer steps, then cosine to 0"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (torch) or paged_adamw_8bit (bitsandbytes, GPU)", "choices": ("adamw", "paged_adamw_8bit")})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})

@@ -67,13 +67,23 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+NO_DECAY = ("embed_tokens", "lm_head")
+
+
+def make_optimizer(cfg: RunConfig, named: dict[str, torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with `cfg.weight_decay` on the adapter matrices only. Embedding and LM-head rows (full or new ones),
+    norms and biases get none: decoupled decay would shrink every row of a trained embedding each step, also the
+    rows of tokens the batch never saw. Two parameter groups always (decay, no decay), the second may be empty."""
+    plain = [p for n, p in named.items() if p.ndim < 2 or any(k in n.split(".") for k in NO_DECAY)]
+    plain_ids = {id(p) for p in plain}
+    groups = [{"params": [p for p in named.values() if id(p) not in plain_ids], "weight_decay": cfg.weight_decay},
+              {"params": plain, "weight_decay": 0.0}]
     if cfg.optimizer == "paged_adamw_8bit":
         if device.type != "cuda":
             raise InputError("optimizer", None, "paged_adamw_8bit needs a CUDA GPU", hint="use --optimizer adamw on CPU")
         import bitsandbytes as bnb
-        return bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return bnb.optim.PagedAdamW8bit(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -265,7 +275,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     pm.train()
 
     params = list(_trainable(pm).values())
-    opt = make_optimizer(cfg, params, device)
+    opt = make_optimizer(cfg, _trainable(pm), device)
     per_epoch = micro_batches_per_epoch(len(ds), cfg.micro_batch_size, world)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
@@ -365,7 +375,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
 
 @torch.no_grad()
 def _val_loss(cfg: RunConfig, model, pad_id: int, device, autocast) -> float | None:
-    """Mean LM loss over the first `max_val_batches` micro-batches of the val split, if there is one."""
+    """LM loss per predicted token over the first `max_val_batches` micro-batches of the val split, if there is
+    one: every token weighs the same, however the tokens fall into batches."""
     if cfg.max_val_batches <= 0:
         return None
     try:
@@ -375,11 +386,15 @@ def _val_loss(cfg: RunConfig, model, pad_id: int, device, autocast) -> float | N
     if len(ds) == 0:
         return None
     model.eval()
-    losses = []
+    nll, items = 0.0, 0
     for start in range(0, min(len(ds), cfg.max_val_batches * cfg.micro_batch_size), cfg.micro_batch_size):
         batch = collate_packed([ds[i] for i in range(start, min(len(ds), start + cfg.micro_batch_size))], pad_id=pad_id)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        if n == 0:
+            continue
         with autocast:
             o = model(**model_inputs(batch, device), output_router_logits=False)
-        losses.append(float(o.loss))
+        nll += float(o.loss) * n  # o.loss is the mean over the batch's n predicted tokens
+        items += n
     model.train()
-    return sum(losses) / len(losses)
+    return nll / items if items else None

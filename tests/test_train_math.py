@@ -1,0 +1,116 @@
+"""Silent failures of training arithmetic, checked on a tiny Mixtral against computations done here by hand:
+packed SFT examples do not see each other, validation loss weighs every token alike, weight decay spares the
+embedding and LM-head rows."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import MixtralConfig, MixtralForCausalLM
+
+from tokenizer.convert import convert_sentencepiece
+from train.config import RunConfig
+from train.data import model_inputs
+from train.loop import _trainable, _val_loss, make_optimizer
+from train.model import attach_adapters, load_quantized
+from zhdata.pack import PackedDataset, collate_packed
+from zhdata.pack.packer import PackOptions, pack
+
+SPM = Path(__file__).parents[1] / "tokenizer" / "data" / "mixtral-8x7b-v0.1.model"
+ANSWERS = ["我们在中国学习语言模型。", "好。", "小猫在花园里追蝴蝶，天气很好，它跑了很久才停下来。", "The fox jumps.",
+           "语言模型学习中文的文字和词语，也学习标点。", "是的"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("math")
+    tok = convert_sentencepiece(SPM, root / "tok")
+    src = root / "sft.parquet"
+    pl.DataFrame({"id": [f"c{i}" for i in range(24)], "source": ["t"] * 24, "system": [None] * 24,
+                  "messages": [[{"role": "user", "content": f"第{i}题：请说一句话" + "。" * (i % 5)},
+                                {"role": "assistant", "content": ANSWERS[i % len(ANSWERS)]}] for i in range(24)]}
+                 ).write_parquet(src)
+    pack([src], tok, root / "bfd", PackOptions(mode="sft", block_size=128, val_fraction=0.0, packing="bfd", progress=False))
+    pack([src], tok, root / "one", PackOptions(mode="sft", block_size=128, val_fraction=0.5, packing="none", progress=False))
+    torch.manual_seed(0)
+    cfg = MixtralConfig(vocab_size=32000, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=256,
+                        tie_word_embeddings=False)
+    model = MixtralForCausalLM(cfg).eval()
+    model.save_pretrained(root / "mixtral")
+    # as `train run` sets it: transformers finds packed sequences in the position ids only without a KV cache
+    # (with one, examples of a block attend to each other)
+    model.config.use_cache = False
+    return {"root": root, "tok": tok, "model": model}
+
+
+def _nll_sum(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL over the labelled positions of one unpadded sequence, and their number."""
+    with torch.no_grad():
+        logits = model(input_ids=ids[None], position_ids=torch.arange(len(ids))[None]).logits[0].float()
+    target = labels[1:]
+    keep = target != -100
+    nll = F.cross_entropy(logits[:-1][keep], target[keep], reduction="sum")
+    return float(nll), int(keep.sum())
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny):
+    ds = PackedDataset(tiny["root"] / "bfd", "train")
+    block = max((ds[i] for i in range(len(ds))), key=lambda b: int(b["segment_ids"].max()))
+    segments = int(block["segment_ids"].max()) + 1
+    assert segments >= 3  # several conversations share the block
+    batch = collate_packed([block])
+    with torch.no_grad():
+        packed = tiny["model"](**{k: v for k, v in model_inputs(batch, torch.device("cpu")).items() if k != "labels"}).logits[0]
+    for s in range(segments):
+        where = (block["segment_ids"] == s).nonzero()[:, 0]
+        assert block["position_ids"][where[0]] == 0  # positions restart with every example
+        ids = block["input_ids"][where]
+        with torch.no_grad():
+            alone = tiny["model"](input_ids=ids[None], position_ids=torch.arange(len(ids))[None]).logits[0]
+        torch.testing.assert_close(packed[where], alone, atol=2e-4, rtol=1e-4)
+
+
+def test_validation_loss_weighs_every_token_alike(tiny):
+    ds = PackedDataset(tiny["root"] / "one", "val")
+    model = tiny["model"]
+    per_block = [_nll_sum(model, ds[i]["input_ids"], ds[i]["labels"]) for i in range(len(ds))]
+    counts = [n for _, n in per_block]
+    assert len(ds) >= 4 and len(set(counts)) > 1
+    expected = sum(s for s, _ in per_block) / sum(counts)
+    cfg = RunConfig(model="-", data=str(tiny["root"] / "one"), output_dir="-", micro_batch_size=3, max_val_batches=100)
+    got = _val_loss(cfg, model, 0, torch.device("cpu"), nullcontext())
+    assert got == pytest.approx(expected, rel=1e-5)
+    # the mean of batch means (the old rule) is measurably another number on these blocks
+    batches = [per_block[i:i + 3] for i in range(0, len(per_block), 3)]
+    mean_of_means = sum(sum(s for s, _ in b) / sum(n for _, n in b) for b in batches) / len(batches)
+    assert abs(mean_of_means - expected) > 1e-3
+    assert _val_loss(RunConfig(model="-", data=str(tiny["root"] / "one"), output_dir="-", max_val_batches=0),
+                     model, 0, torch.device("cpu"), nullcontext()) is None
+
+
+def test_weight_decay_spares_embedding_and_head_rows(tiny):
+    """One AdamW step with zero gradients moves a parameter only by decoupled decay: adapters shrink by
+    (1 - lr * wd), trained embedding and LM-head rows stay as they are."""
+    cfg = RunConfig(model=str(tiny["root"] / "mixtral"), data="-", output_dir="-", embeddings="train", lora_r=4,
+                    lora_alpha=8, lr=0.1, weight_decay=0.5)
+    model = load_quantized(cfg.model, torch.device("cpu"), torch.float32, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                           progress=False)
+    named = _trainable(attach_adapters(model, cfg))
+    rows = {n: p for n, p in named.items() if "embed_tokens" in n or "lm_head" in n}
+    adapters = {n: p for n, p in named.items() if n not in rows and p.detach().abs().sum() > 0}
+    assert len(rows) == 2 and adapters
+    before = {n: p.detach().clone() for n, p in named.items()}
+    opt = make_optimizer(cfg, named, torch.device("cpu"))
+    for p in named.values():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n in rows:
+        assert torch.equal(named[n].detach(), before[n]), n
+    for n in adapters:
+        torch.testing.assert_close(named[n].detach(), before[n] * (1 - cfg.lr * cfg.weight_decay))
