@@ -65,8 +65,8 @@ def test_fixtures_end_to_end_schema_and_counts(tmp_path):
 
 def test_split_turns_one_example_per_assistant_turn(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    instruct(FIX / "sharegpt_zh.jsonl", "-o", whole)
-    instruct(FIX / "sharegpt_zh.jsonl", "--split-turns", "-o", split)
+    assert instruct(FIX / "sharegpt_zh.jsonl", "-o", whole) == 0
+    assert instruct(FIX / "sharegpt_zh.jsonl", "--split-turns", "-o", split) == 0
     convs = read_out(whole).to_pylist()
     examples = read_out(split).to_pylist()
     expected = []
@@ -88,23 +88,23 @@ def test_exact_duplicates_across_files_and_deterministic_output(tmp_path):
     data.mkdir()
     shutil.copy(FIX / "belle_alpaca.json", data / "a.json")
     shutil.copy(FIX / "belle_alpaca.json", data / "b.json")
-    instruct(data, "--no-near-dup", "-o", tmp_path / "o1")
-    instruct(data, "--no-near-dup", "-o", tmp_path / "o2")
+    assert instruct(data, "--no-near-dup", "-o", tmp_path / "o1") == 0
+    assert instruct(data, "--no-near-dup", "-o", tmp_path / "o2") == 0
     m = read_manifest(tmp_path / "o1")
     kept_a = m["sources"]["a"]["records_out"]
     assert kept_a == 5 and m["sources"]["b"]["dropped"] == {"exact_dup": kept_a, "refusal": 1}
     assert read_out(tmp_path / "o1").equals(read_out(tmp_path / "o2"))
-    instruct(data, "--no-near-dup", "--no-exact-dup", "-o", tmp_path / "o3")
+    assert instruct(data, "--no-near-dup", "--no-exact-dup", "-o", tmp_path / "o3") == 0
     assert read_manifest(tmp_path / "o3")["sources"]["b"]["records_out"] == 5
 
 
 def test_compressed_input_and_json_lines_named_json(tmp_path):
     gz = tmp_path / "sharegpt_zh.jsonl.gz"
     gz.write_bytes(gzip.compress((FIX / "sharegpt_zh.jsonl").read_bytes()))
-    instruct(gz, "-o", tmp_path / "gz")
-    instruct(FIX / "sharegpt_zh.jsonl", "-o", tmp_path / "plain")
+    assert instruct(gz, "-o", tmp_path / "gz") == 0
+    assert instruct(FIX / "sharegpt_zh.jsonl", "-o", tmp_path / "plain") == 0
     assert read_out(tmp_path / "gz").column("messages").equals(read_out(tmp_path / "plain").column("messages"))
-    instruct(FIX / "belle_alpaca.json", "-o", tmp_path / "belle")  # JSON Lines despite .json, as upstream
+    assert instruct(FIX / "belle_alpaca.json", "-o", tmp_path / "belle") == 0  # JSON Lines despite .json, as upstream
     assert read_manifest(tmp_path / "belle")["counts"]["records_in"] == 6
 
 
@@ -114,7 +114,7 @@ def test_short_prompt_near_duplicates(tmp_path):
          "鸡柳是鸡身上哪个部位啊?"])]
     f = tmp_path / "qa.json"
     f.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
-    instruct(f, "-o", tmp_path / "out")
+    assert instruct(f, "-o", tmp_path / "out") == 0
     kept = [r["messages"][0]["content"] for r in read_out(tmp_path / "out").to_pylist()]
     assert kept == ["鸡柳是鸡身上哪个部位啊？", "帮我写一首关于春天的诗", "帮我写一首关于秋天的诗"]
     assert read_manifest(tmp_path / "out")["counts"]["dropped"] == {"near_dup_prompt": 2}
@@ -125,7 +125,7 @@ def test_openai_messages_with_kept_metadata(tmp_path):
         {"messages": [{"role": "system", "content": "你是助手"}, {"role": "user", "content": "你好"},
                       {"role": "assistant", "content": "你好！"}], "category": "greeting", "score": 5},
         {"messages": [{"role": "user", "content": "1+1等于几？"}, {"role": "assistant", "content": "等于2。"}]}])
-    instruct(f, "--keep", "category", "--keep", "score", "-o", tmp_path / "out")
+    assert instruct(f, "--keep", "category", "--keep", "score", "-o", tmp_path / "out") == 0
     rows = read_out(tmp_path / "out").to_pylist()
     assert rows[0]["system"] == "你是助手" and rows[0]["category"] == "greeting" and rows[0]["score"] == "5"
     assert rows[1]["system"] is None and rows[1]["category"] is None
@@ -241,8 +241,8 @@ def test_format_override_and_column_mapping_file(tmp_path, capsys):
 
 def test_own_output_reads_back_unchanged(tmp_path):
     """Parquet input in the output schema (OpenAI-style messages + system column) is a fixed point."""
-    instruct(FIX, "-o", tmp_path / "once")
-    instruct(tmp_path / "once", "--source", "again", "-o", tmp_path / "twice")
+    assert instruct(FIX, "-o", tmp_path / "once") == 0
+    assert instruct(tmp_path / "once", "--source", "again", "-o", tmp_path / "twice") == 0
     once, twice = read_out(tmp_path / "once"), read_out(tmp_path / "twice")
     assert twice.column("messages").equals(once.column("messages"))
     assert twice.column("system").equals(once.column("system"))

@@ -114,3 +114,44 @@ def test_weight_decay_spares_embedding_and_head_rows(tiny):
         assert torch.equal(named[n].detach(), before[n]), n
     for n in adapters:
         torch.testing.assert_close(named[n].detach(), before[n] * (1 - cfg.lr * cfg.weight_decay))
+
+
+class _Rigged(torch.nn.Module):
+    """A 'model' that reads which question it is asked (the last one in the prompt) and puts all its weight on
+    that question's answer letter (`honest`) or on the letter after it."""
+
+    def __init__(self, tok, questions, letter_ids: dict[str, int], honest: bool):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.tok, self.questions, self.letter_ids, self.honest = tok, questions, letter_ids, honest
+
+    def forward(self, input_ids, use_cache=False, logits_to_keep=0):
+        text = self.tok.decode(input_ids[0])
+        q = max(self.questions, key=lambda q: text.rfind(q.question))
+        letter = q.answer if self.honest else "ABCD"[("ABCD".index(q.answer) + 1) % 4]
+        logits = torch.zeros(1, input_ids.shape[1], len(self.tok))
+        logits[..., self.letter_ids[letter]] = 20.0
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_multiple_choice_scores_a_rigged_model_exactly(tiny, shots):
+    from transformers import AutoTokenizer
+
+    from train.mc import LETTERS, answer_text, evaluate_subject, load_benchmark, summarise
+    from train.scoring import encode_text
+
+    tok = AutoTokenizer.from_pretrained(tiny["tok"])
+    bench = load_benchmark(Path(__file__).parent / "fixtures" / "eval" / "cmmlu")
+    subjects = {s.name: s for s in bench.subjects}
+    letter_ids = {L: encode_text(tok, "答案：" + answer_text(L, bench.lang))[-1] for L in LETTERS}
+    assert len(set(letter_ids.values())) == 4
+    for honest, acc in ((True, 1.0), (False, 0.0)):
+        res = {}
+        for name, subj in subjects.items():
+            model = _Rigged(tok, [*subj.eval, *subj.dev], letter_ids, honest)
+            res[name] = evaluate_subject(model, tok, bench, subj, shots, window=2048)
+            assert res[name]["n"] == len(subj.eval) > 0 and res[name]["acc"] == acc
+            assert res[name]["right"] == [int(honest)] * len(subj.eval)
+        assert summarise(res)["overall"]["acc"] == acc
+    assert {q.answer for s in subjects.values() for q in s.eval} >= {"A", "B"}  # not one letter for every question
