@@ -1,11 +1,10 @@
-"""`tokenizer` command line. Sub-commands are declared below, one `Command(name, module, help)` each; the module
-has `add_parser(sub)` and `run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
+"""`tokenizer` command line: its sub-commands, declared as zhdata/cli.py explains."""
 
 from __future__ import annotations
 
 import sys
 
-from zhdata.command import Command, run
+from zhdata.command import Command, program
 
 COMMANDS = [
     Command("train", "tokenizer.train_spm", "train a SentencePiece BPE model of Chinese text"),
@@ -16,10 +15,7 @@ COMMANDS = [
     Command("report", "tokenizer.report", "encoding efficiency of tokenizers per corpus (Markdown, JSON, PNG)"),
 ]
 DESCRIPTION = ("Tokenizers for Chinese adaptation: train a Chinese SentencePiece model, extend a base vocabulary losslessly, convert to Hugging Face, initialise new embedding rows, audit, and report encoding efficiency.")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("tokenizer", DESCRIPTION, COMMANDS, argv)
+main = program("tokenizer", DESCRIPTION, COMMANDS)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
-"""`train` command line. Sub-commands are declared below, one `Command(name, module, help)` each; the module
-has `add_parser(sub)` and `run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
+"""`train` command line: its sub-commands, declared as zhdata/cli.py explains."""
 
 from __future__ import annotations
 
 import sys
 
-from zhdata.command import Command, run
+from zhdata.command import Command, program
 
 COMMANDS = [
     Command("eval", "train.evaluate", "evaluate a model: bits per character, perplexity vs context, C-Eval/CMMLU/MMLU"),
@@ -19,10 +18,7 @@ COMMANDS = [
     Command("arena", "train.arena", "local chatbot arena: anonymous pair-wise votes on answers, and its report"),
 ]
 DESCRIPTION = ("QLoRA training of Mixtral-architecture models (4-bit experts included) for the original or the extended vocabulary, evaluation, expert analysis and the vocabulary comparison.")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("train", DESCRIPTION, COMMANDS, argv)
+main = program("train", DESCRIPTION, COMMANDS)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""`zhdata` command line. Sub-commands are declared below, one `Command(name, module, help)` each; the module
-has `add_parser(sub)` and `run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
+"""`zhdata` command line. As in tokenizer/cli.py and train/cli.py, sub-commands are declared below, one
+`Command(name, module, help)` each (add one line for a new sub-command); the module has `add_parser(sub)` and
+`run(args) -> int` and is imported only when its sub-command runs (zhdata/command.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from zhdata.command import Command, run
+from zhdata.command import Command, program
 
 COMMANDS = [
     Command("clean", "zhdata.clean", "normalise and quality-filter raw Chinese text into Parquet shards"),
@@ -15,10 +16,7 @@ COMMANDS = [
 ]
 DESCRIPTION = ("Chinese data pipelines: clean and deduplicate corpora, normalise instruction data, pack training blocks. "
     "Every command writes manifest.json beside its output.")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run("zhdata", DESCRIPTION, COMMANDS, argv)
+main = program("zhdata", DESCRIPTION, COMMANDS)
 
 
 if __name__ == "__main__":

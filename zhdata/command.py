@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import InputError
 
@@ -50,3 +50,10 @@ def run(prog: str, description: str, commands: Sequence[Command], argv: Sequence
     except InputError as e:
         print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def program(prog: str, description: str, commands: Sequence[Command]) -> Callable[..., int]:
+    """The `main(argv=None) -> int` of a program: its console-script entry point."""
+    def main(argv: Sequence[str] | None = None) -> int:
+        return run(prog, description, commands, argv)
+    return main
