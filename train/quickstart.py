@@ -24,16 +24,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import polars as pl
-
 from zhdata.errors import InputError
 from zhdata.hashing import hash64
 from zhdata.lock import locked_output
 from zhdata.manifest import Manifest, cli_params
-from zhdata.pack.split import split_of
-from zhdata.readers import expand_inputs
-from zhdata.shards import check_output_folder
-
 
 # The Mixtral tokenizer shipped with the package (Apache-2.0), used when neither --model nor --tokenizer gives one.
 PACKAGED_TOKENIZER = Path(str(resources.files("tokenizer") / "data" / "mixtral-8x7b-v0.1.model"))
@@ -53,6 +47,10 @@ def split_corpus(dedup_dir: Path, corpus_dir: Path, heldout_file: Path, train_ch
                  heldout_every: int = 50) -> dict[str, int]:
     """Held-out documents (stable hash of the id, 1 in `heldout_every`) and a training subset of about
     `train_chars` characters drawn in stable-hash order, so that every source is represented."""
+    import polars as pl
+
+    from zhdata.pack.split import split_of
+
     shards = [f for f in sorted(dedup_dir.glob("*.parquet")) if f.name != "clusters.parquet"]
     if not shards:
         raise InputError(dedup_dir, None, "no Parquet shards to split")
@@ -169,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     from zhdata.clean import CleanOptions, run_clean, sample_path
     from zhdata.dedupe import DedupeOptions, run_dedupe
     from zhdata.pack.packer import PackOptions, pack
+    from zhdata.readers import expand_inputs
+    from zhdata.shards import check_output_folder
 
     from .compare import compare
     from .demo_model import make_demo_model
