@@ -35,19 +35,20 @@ def first_questions(path: Path, n: int) -> list[Prompt]:
     return out
 
 
-def naive(model, tok, prompts: list[Prompt], n: int) -> int:
-    """Greedy decoding by hand: the whole sequence through the model at every step."""
-    eos, total = eos_ids(model, tok), 0
+def naive(model, tok, prompts: list[Prompt], n: int) -> list[str]:
+    """Greedy decoding by hand: the whole sequence through the model at every step; the answers' texts."""
+    eos, out = eos_ids(model, tok), []
     with torch.no_grad():
         for p in prompts:
             ids = prompt_ids(tok, p)
+            new: list[int] = []
             for _ in range(n):
-                nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
-                ids.append(nxt)
-                total += 1
+                nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+                new.append(nxt)
                 if nxt in eos:
                     break
-    return total
+            out.append((len(new), tok.decode(new, skip_special_tokens=True)))
+    return out
 
 
 def main() -> None:
@@ -62,19 +63,23 @@ def main() -> None:
         tok_dir = convert_sentencepiece(PACKAGED_TOKENIZER, Path(tmp) / "tok")
         model_dir = make_demo_model(tok_dir, Path(tmp) / "model", layers=2, hidden=64, experts=4)
         model, tok = load_for_inference(model_dir)
-        rows = []
+        rows, texts = [], []
         for name, bs in ((f"train generate, batch {a.batch_size}", a.batch_size), ("train generate, batch 1", 1)):
             t0 = time.perf_counter()
             ans = generate_answers(model, prompts, GenSettings(max_new_tokens=a.max_new_tokens, batch_size=bs), tokenizer=tok)
             dt = time.perf_counter() - t0
             rows.append((name, sum(x["answer_tokens"] for x in ans), dt))
+            texts.append([x["answer"] for x in ans])
         t0 = time.perf_counter()
-        n = naive(model, tok, prompts, a.max_new_tokens)
-        rows.append(("greedy loop, no cache, one prompt at a time", n, time.perf_counter() - t0))
+        loop = naive(model, tok, prompts, a.max_new_tokens)
+        rows.append(("greedy loop, no cache, one prompt at a time", sum(k for k, _ in loop), time.perf_counter() - t0))
+        texts.append([t for _, t in loop])
     base = rows[-1][1] / rows[-1][2]
     print("| decoding | new tokens | seconds | tokens/s | vs no-cache loop |\n|---|---:|---:|---:|---:|")
     for name, n, dt in rows:
         print(f"| {name} | {n} | {dt:.1f} | {n / dt:.0f} | {n / dt / base:.1f}x |")
+    same = [sum(x == y for x, y in zip(texts[0], t)) for t in texts[1:]]
+    print(f"answers equal to batch {a.batch_size}'s: batch 1 {same[0]}/{len(prompts)}, no-cache loop {same[1]}/{len(prompts)}")
 
 
 if __name__ == "__main__":
