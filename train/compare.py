@@ -362,7 +362,7 @@ def _word(call: str) -> str:
 
 def _cell_diff(d: dict[str, Any]) -> str:
     iv = d["interval"]
-    return f"{_signed(iv['lo'])} … {_signed(iv['hi'])}" if iv else "–"
+    return f"{_signed(iv['lo'])}\u00a0…\u00a0{_signed(iv['hi'])}" if iv else "–"  # one line: no break inside
 
 
 def build_report(orig: dict[str, Any], ext: dict[str, Any], out: Path, base: dict[str, Any] | None = None,

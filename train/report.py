@@ -12,7 +12,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;
         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem}"
         "td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}"
         "img{max-width:100%}.verdict{line-height:1.5;background:#eef6ee;padding:.4rem 1rem;border-left:4px solid #4a4}"
-        ".verdict p{font-size:1.1rem}td.n{white-space:nowrap}td{overflow-wrap:anywhere}")
+        ".verdict p{font-size:1.1rem}td.n{white-space:nowrap}td.w{overflow-wrap:anywhere}")
 
 
 @dataclass
@@ -71,12 +71,17 @@ class Report:
                 out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
                 for r in rows:
                     out.append("<tr>" + "".join(
-                        f"<td class='{'n' if isinstance(c, (int, float)) else ''}'>{html.escape(number(c))}</td>" for c in r) + "</tr>")
+                        f"<td class='{_cls(c)}'>{html.escape(number(c))}</td>" for c in r) + "</tr>")
                 out.append("</table>")
             else:
                 out.append(f"<img src='{data_uri(b[0])}' alt='{html.escape(b[1])}'>")
         out.append("</body></html>")
         return "\n".join(out)
+
+
+def _cls(c: Any) -> str:
+    """Numbers right-aligned on one line; long text (paths) may break anywhere, short text only between words."""
+    return "n" if isinstance(c, (int, float)) else "w" if len(str(c)) > 30 else ""
 
 
 def number(x: Any) -> str:
