@@ -92,3 +92,25 @@ def test_scripted_conversation_through_a_pty(tmp_path):
         if t.proc.poll() is None:
             t.proc.kill()
         os.close(t.master)
+
+
+def test_long_conversations_drop_the_oldest_exchange_and_say_so(tmp_path):
+    import io
+
+    import pytest
+
+    from train.chat import Chat
+    from zhdata.errors import InputError
+
+    model, tok = load_for_inference(tiny_model(tmp_path / "model", tokenizer_folder(tmp_path / "tok")))
+    out = io.StringIO()
+    chat = Chat(model, tok, GenSettings(max_new_tokens=4), system="你是助手。", out=out)
+    long = "长城很长。" * 30  # about 100 tokens a turn against the model's 512 positions
+    for k in range(6):
+        chat.turn(f"{k}: {long}")
+    assert "the oldest exchange is left out" in out.getvalue()
+    assert chat.messages[-2]["content"].startswith("5: ") and not chat.messages[0]["content"].startswith("0: ")
+    assert len(chat._ids(chat.messages)[0]) + 4 <= 512 and chat.system == "你是助手。"
+    with pytest.raises(InputError, match="too long for the model"):
+        chat.turn("长城很长。" * 200)
+    assert chat.messages[-2]["content"].startswith("5: ")  # the refused message is not kept

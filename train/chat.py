@@ -31,14 +31,14 @@ class Chat:
         self.messages: list[dict] = []
         self.limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
-    def _ids(self) -> list[int]:
+    def _ids(self, messages: list[dict]) -> tuple[list[int], list[dict]]:
+        """The prompt ids of `messages` and the messages kept: the oldest exchanges left out until it fits."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         while True:
-            ids = prompt_ids(self.tok, Prompt("chat", messages=head + self.messages), self.s.chat_template)
-            if not self.limit or len(ids) + self.s.max_new_tokens <= self.limit or len(self.messages) <= 1:
-                return ids
-            self.messages = self.messages[2:]  # the oldest exchange
-            print("(the conversation is too long for the model: the oldest exchange is left out)", file=self.out)
+            ids = prompt_ids(self.tok, Prompt("chat", messages=head + messages), self.s.chat_template)
+            if not self.limit or len(ids) + self.s.max_new_tokens <= self.limit or len(messages) <= 1:
+                return ids, messages
+            messages = messages[2:]
 
     def turn(self, text: str) -> str:
         """Answer `text` with the history as context, streaming the answer to `out`; returns the answer."""
@@ -46,15 +46,15 @@ class Chat:
 
         from .generate import generate_batch
 
-        self.messages.append({"role": "user", "content": text})
         try:
-            ids = self._ids()
+            ids, kept = self._ids(self.messages + [{"role": "user", "content": text}])
         except ValueError as e:  # the chat template refuses the conversation
-            self.messages.pop()
             raise InputError("chat", None, e.args[0]) from None
-        if self.limit and len(ids) + self.s.max_new_tokens > self.limit:
-            self.messages.pop()
+        if self.limit and len(ids) + self.s.max_new_tokens > self.limit:  # the conversation so far stays as it was
             raise InputError("chat", None, f"this message alone is too long for the model ({len(ids)} tokens)")
+        if len(kept) <= len(self.messages):
+            print("(the conversation is too long for the model: the oldest exchange is left out)", file=self.out)
+        self.messages = kept
         streamer = TextStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         (row,) = generate_batch(self.model, self.tok, [ids], self.s, self.s.seed if self.s.temperature > 0 else None,
                                 streamer=streamer)
