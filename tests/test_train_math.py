@@ -4,6 +4,7 @@ embedding and LM-head rows."""
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -155,3 +156,46 @@ def test_multiple_choice_scores_a_rigged_model_exactly(tiny, shots):
             assert res[name]["right"] == [int(honest)] * len(subj.eval)
         assert summarise(res)["overall"]["acc"] == acc
     assert {q.answer for s in subjects.values() for q in s.eval} >= {"A", "B"}  # not one letter for every question
+
+
+def _train(tiny, name: str, **kw) -> tuple[list[dict], dict]:
+    """One optimizer step of `train run` on the first 4 packed SFT blocks (the shuffle is the same for any micro-batch
+    size within an epoch): (log lines, trained adapter tensors)."""
+    from safetensors.torch import load_file
+
+    from train.cli import main
+
+    out = tiny["root"] / f"run-{name}"
+    settings = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, lr=1e-2, warmup_ratio=0.0, save_every=0, max_val_batches=0,
+                    router_aux_loss_coef=0.0, max_grad_norm=0.0, **kw)
+    args = ["run", "--model", str(tiny["root"] / "mixtral"), "--data", str(tiny["root"] / "bfd"), "--stage", "sft",
+            "--vocab", "orig", "--tokenizer", str(tiny["tok"]), "--output-dir", str(out), "--max-steps", "1", "--quiet"]
+    for k, v in settings.items():
+        flag = "--" + k.replace("_", "-")
+        args += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, str(v)]
+    assert main(args) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    tensors = {**load_file(out / "adapter" / "adapter_model.safetensors"),
+               **load_file(out / "adapter" / "moe_adapter.safetensors")}
+    return log, tensors
+
+
+def _same_training(a, b) -> None:
+    (log_a, ten_a), (log_b, ten_b) = a, b
+    for x, y in zip(log_a, log_b, strict=True):
+        assert x["lm_loss"] == pytest.approx(y["lm_loss"], rel=1e-5) and x["tokens"] == y["tokens"]
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)  # the gradient before clipping (off)
+    assert ten_a.keys() == ten_b.keys() and ten_a
+    for k in ten_a:
+        torch.testing.assert_close(ten_a[k], ten_b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_accumulation_and_checkpointing_change_nothing(tiny):
+    """2 micro-batches x accumulation 2 train exactly as one batch of 4 (the loss is a mean over all predicted
+    tokens of the step, and blocks hold different numbers of them); gradient checkpointing recomputes the same
+    gradients. The aux loss is off here: load balancing over 4 blocks is not the mean over two halves."""
+    ds = PackedDataset(tiny["root"] / "bfd", "train")
+    assert len({int((ds[i]["labels"] != -100).sum()) for i in range(len(ds))}) > 1
+    whole = _train(tiny, "b4", micro_batch_size=4, grad_accum=1, gradient_checkpointing=False)
+    _same_training(whole, _train(tiny, "b2x2", micro_batch_size=2, grad_accum=2, gradient_checkpointing=False))
+    _same_training(whole, _train(tiny, "b4-ckpt", micro_batch_size=4, grad_accum=1, gradient_checkpointing=True))
