@@ -168,8 +168,9 @@ def measure(work: Path) -> None:
         if status != 0:
             raise SystemExit(f"phase {name} failed ({status})")
         res[name] = {"peak_rss_gib": round(usage.ru_maxrss * 1024 / GiB, 3), "wall_s": round(time.time() - t, 1)}
-        if out.strip():
-            res[name].update({k: round(v / GiB, 3) for k, v in json.loads(out.strip().splitlines()[-1]).items()})
+        for line in out.splitlines():  # a phase's own figures: its JSON line (train run prints its setup too)
+            if line.startswith("{"):
+                res[name].update({k: round(v / GiB, 3) for k, v in json.loads(line).items()})
         print(name, res[name], flush=True)
     res["run_ratio"] = round(res["ours-run"]["peak_rss_gib"] / res["plain-run"]["peak_rss_gib"], 3)
     res["merge_ratio"] = round(res["ours-merge"]["peak_rss_gib"] / res["plain-merge"]["peak_rss_gib"], 3)

@@ -281,3 +281,15 @@ def test_eval_runs_in_the_training_precision():
         warnings.simplefilter("ignore")
         ctx = run_autocast(torch.device("cuda", 0))
     assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_nf4_equals_bitsandbytes_quantize_4bit(monkeypatch, dtype):
+    import train.quant as quant
+    monkeypatch.setattr(quant, "CHUNK_ELEMENTS", 7 * 192)  # 7 rows per chunk: 43 rows make 6 full chunks and one short
+    w = (torch.randn(43, 192, generator=torch.Generator().manual_seed(5)) * 0.02).to(dtype)
+    packed, state = quant.quantize_nf4(w, 64)
+    want, ref = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    assert torch.equal(packed, want) and torch.equal(state.absmax, ref.absmax) and torch.equal(state.offset, ref.offset)
+    assert torch.equal(state.state2.absmax, ref.state2.absmax) and torch.equal(state.code, ref.code)
+    assert torch.equal(bnb.functional.dequantize_4bit(packed, state), bnb.functional.dequantize_4bit(want, ref))

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+from bitsandbytes.functional import dequantize_4bit
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -29,6 +29,7 @@ from zhdata.errors import InputError
 
 from .loader import INDEX_FILE, Checkpoint, output_embedding_name, skeleton
 from .model import ADAPTER_DIR, EMB_FILE, MOE_FILE, run_meta
+from .quant import quantize_nf4
 
 PEFT_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$")
 PER_EXPERT = re.compile(r"^(.+\.experts)\.(\d+)\.(w[123])\.weight$")
@@ -38,7 +39,7 @@ LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 def nf4_roundtrip(w: torch.Tensor, blocksize: int) -> torch.Tensor:
     """`w` as the run saw it: quantized to NF4 (double quantisation) in fp32 and dequantized."""
-    q, state = quantize_4bit(w.float().contiguous(), blocksize=blocksize, compress_statistics=True, quant_type="nf4")
+    q, state = quantize_nf4(w.float(), blocksize)
     return dequantize_4bit(q, state).float()
 
 
