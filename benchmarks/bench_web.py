@@ -2,6 +2,7 @@
 
     python benchmarks/bench_web.py html  --corpus ../shared/corpus/zh   # resiliparse vs trafilatura: speed, quality
     python benchmarks/bench_web.py steps --corpus ../shared/corpus/zh   # MB/s per core of each step of clean_frame
+    python benchmarks/bench_web.py pii   --corpus ../shared/corpus/zh   # precision/recall on planted data, cost
 
 `html` also needs `pip install trafilatura lxml_html_clean` (the comparison). Pages for `html` are built here: real Chinese Wikipedia paragraphs (the main text) inside five page layouts
 with navigation, sidebars, advertising, comments, footers, scripts and styles (the boilerplate). Quality is
@@ -159,14 +160,92 @@ def bench_steps(a: argparse.Namespace) -> dict:
     return res
 
 
+def _planted_pii(rng: random.Random) -> tuple[str, str]:
+    """One random piece of personal data of a random type (checksums valid), and its type."""
+    from zhdata.pii import _ID_WEIGHTS, luhn
+
+    d = lambda n: "".join(str(rng.randint(0, 9)) for _ in range(n))  # noqa: E731
+    kind = rng.choice(["email", "phone", "phone", "id_number", "bank_card", "ip"])
+    if kind == "email":
+        return rng.choice(["wang", "li.na", "zh_123", "service"]) + d(3) + "@" + rng.choice(["qq.com", "163.com", "example.com.cn"]), kind
+    if kind == "phone":
+        m = "1" + str(rng.randint(3, 9)) + d(9)
+        return rng.choice([m, f"{m[:3]}-{m[3:7]}-{m[7:]}", f"+86 {m}", f"0{rng.choice(['10', '20', '21', '25', '28'])}-{d(8)}", f"(0{rng.randint(300, 999)}){d(7)}",
+                           f"+852 {rng.randint(2, 9)}{d(3)} {d(4)}", f"+886 9{d(2)}-{d(3)}-{d(3)}", f"09{d(2)}-{d(3)}-{d(3)}"]), kind
+    if kind == "id_number":
+        p17 = f"{rng.randint(11, 65)}{d(4)}{rng.randint(1950, 2010)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{d(3)}"
+        return p17 + "10X98765432"[sum(int(c) * w for c, w in zip(p17, _ID_WEIGHTS)) % 11], kind
+    if kind == "bank_card":
+        while not luhn(n := (iin := rng.choice(["62", "4", "53"])) + d(rng.choice([16, 19]) - len(iin))):
+            pass
+        return (" ".join(n[i:i + 4] for i in range(0, len(n), 4)) if rng.random() < 0.5 else n), kind
+    if rng.random() < 0.8:
+        return ".".join(str(rng.randint(1, 255)) for _ in range(4)), kind
+    return ":".join(f"{rng.randint(0, 65535):x}" for _ in range(8)), kind
+
+
+def _ordinary_number(rng: random.Random) -> str:
+    """A number that is not personal data but looks like some."""
+    from zhdata.pii import valid_id_number
+
+    d = lambda n: "".join(str(rng.randint(0, 9)) for _ in range(n))  # noqa: E731
+    while True:
+        wrong = f"{rng.randint(11, 65)}{d(4)}{rng.randint(1950, 2010)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{d(4)}"
+        if not valid_id_number(wrong):
+            break
+    y, m, dd = rng.randint(1990, 2030), rng.randint(1, 12), rng.randint(1, 28)
+    return rng.choice([f"{y}-{m:02d}-{dd:02d}", f"{y}{m:02d}{dd:02d}", f"¥{rng.randint(1, 99)},{d(3)}.00", f"{rng.randint(100, 99999)}元",
+                       f"版本 {rng.randint(1, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 99)}.{rng.randint(0, 9999)}",
+                       f"v{rng.randint(1, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}",
+                       f"订单号{y}{m:02d}{dd:02d}{d(rng.randint(6, 12))}", wrong, f"ISBN 978-7-{d(3)}-{d(5)}-{d(1)}",
+                       f"978{d(10)}", f"{rng.randint(10, 99)}:{rng.randint(10, 59)}:{rng.randint(10, 59)}", d(rng.randint(5, 8))])
+
+
+def bench_pii(a: argparse.Namespace) -> dict:
+    from zhdata.pii import PII_TYPES, Pii, find_and_redact
+
+    rng = random.Random(0)
+    paras = [r["text"] for f in expand_inputs([a.corpus]) if "cmrc2018" in f.name for _, r in iter_records(f)]
+    tp = {t: 0 for t in PII_TYPES}
+    fp = {t: 0 for t in PII_TYPES}
+    n = {t: 0 for t in PII_TYPES}
+    for i in range(a.planted):
+        base = rng.choice(paras)
+        cut = rng.randint(0, len(base))
+        if i % 2 == 0:
+            x, kind = _planted_pii(rng)
+            n[kind] += 1
+        else:
+            x, kind = _ordinary_number(rng), None
+        _, c = find_and_redact(f"{base[:cut]} {x} {base[cut:]}")
+        _, c0 = find_and_redact(base)  # what the paragraph itself holds is not counted
+        for t in PII_TYPES:
+            hits = c[t] - c0[t]
+            tp[t] += min(hits, 1) if t == kind else 0
+            fp[t] += max(hits - (t == kind), 0)
+    res: dict = {"planted": n, "ordinary look-alikes": a.planted // 2}
+    for t in PII_TYPES:
+        res[t] = {"recall": round(tp[t] / max(n[t], 1), 3), "precision": round(tp[t] / max(tp[t] + fp[t], 1), 3)}
+    batches = _corpus_batches(a.corpus, a.limit_mb)
+    hits = {t: 0 for t in PII_TYPES}
+    for b in batches:
+        _, counts = Pii().scan(b)
+        for t in PII_TYPES:
+            hits[t] += int((counts[f"pii_{t}"] > 0).sum())
+    res["documents with a hit in the unplanted corpus"] = hits
+    res["MB/s per core, --pii redact, on the corpus"] = _rate(lambda b: Pii().apply(b), batches)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["html", "steps"])
+    p.add_argument("what", choices=["html", "steps", "pii"])
+    p.add_argument("--planted", type=int, default=20000, help="pii: documents, half with planted personal data")
     p.add_argument("--limit-mb", type=float, default=None, help="steps: only the first N MB of the corpus")
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--pages", type=int, default=1000)
     a = p.parse_args()
-    print(json.dumps({"html": bench_html, "steps": bench_steps}[a.what](a), ensure_ascii=False, indent=1))
+    print(json.dumps({"html": bench_html, "steps": bench_steps, "pii": bench_pii}[a.what](a), ensure_ascii=False, indent=1))
 
 
 if __name__ == "__main__":

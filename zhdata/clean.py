@@ -24,6 +24,7 @@ from .filters import FILTERS, Filters, read_blocklist
 from .lock import locked_output
 from .manifest import Counts, Manifest
 from .markup import HTML_MODES, Markup
+from .pii import PII_MODES, Pii
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .documents import iter_documents
 from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
@@ -43,6 +44,7 @@ class CleanOptions:
     on_error: str = "stop"
     markup: Markup = Markup()
     read: ReadOptions = ReadOptions()
+    pii: Pii = Pii()
 
 
 def sample_path() -> Path:
@@ -72,13 +74,19 @@ def read_piece(piece: Piece, opts: CleanOptions, policy: ErrorPolicy) -> pl.Data
 def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.Series, dict[str, int], dict[str, int]]:
     """The pure batch step: (normalised frame, drop reason per row or null, modified per step, failures per filter alone).
 
-    Markup goes to text first, on the raw documents; `--html keep` also keeps the normaliser off the tags."""
+    Markup goes to text first, on the raw documents; `--html keep` also keeps the normaliser off the tags.
+    Personal data is looked for in the normalised text (full-width digits are ASCII by then); a document that
+    fails a filter is counted under the filter, `--pii drop` drops the others that hold personal data."""
     text, _, modified = opts.markup.apply(df["text"])
     norm = opts.normalizer if opts.markup.html != "keep" else replace(opts.normalizer, html=False)
     text, changed = norm.apply(text)
     modified.update(changed)
+    text, _, pii_reason, changed = opts.pii.apply(text)
+    modified.update(changed)
     df = df.with_columns(text=text)
     reason, alone = opts.filters.reasons(text)
+    reason = reason.fill_null(pii_reason)
+    alone.update({k: v for k, v in pii_reason.value_counts().iter_rows() if k is not None})
     return df, reason, modified, alone
 
 
@@ -118,7 +126,8 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     described, identity = run_inputs(files)  # by content: a changed input is another run, never resumed over
     params = {"inputs": identity,
               "text_field": opts.text_field, "text_unit": opts.text_unit,
-              "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(), "normalize": opts.normalizer.params(),
+              "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(),
+              "pii": opts.pii.mode, "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb, **opts.read.params()}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
     manifest.inputs.extend(described)
@@ -180,6 +189,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  zhdata clean corpus/ -o out/clean --workers 16 --convert tw2sp\n"
         "  zhdata clean corpus/ --stats            # what each filter would do; writes nothing\n"
         "  zhdata clean pages/ -o out/clean --html text --no-markdown   # tags stripped, not main text; Markdown kept\n"
+        "  zhdata clean forum/ -o out/clean --pii drop                  # drop pages with e-mails, phones, ID numbers...\n"
         "A re-run with the same inputs and options skips finished shards.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders of .jsonl/.json/.parquet/.txt (optionally compressed)")
@@ -202,6 +212,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for kind, what in (("roff", "man/roff source (.TH/.SH requests, \\fB escapes)"), ("wiki", "MediaWiki markup ([[links]], {{templates}})"),
                        ("markdown", "Markdown (headings, emphasis, links, fences; code kept as text)")):
         g.add_argument(f"--no-{kind}", action="store_true", help=f"keep {what} as it is")
+    g = p.add_argument_group("personal data (e-mail, phone, ID number, bank card, IP; counted per type as pii_TYPE)")
+    g.add_argument("--pii", choices=PII_MODES, default="redact",
+                   help="redact = replace with <EMAIL> <PHONE> <ID_NUMBER> <BANK_CARD> <IP> (default: the page stays, "
+                   "the personal data goes), drop = drop the document, keep = leave it (and do not look)")
     g = p.add_argument_group("normalisation (each step can be switched off)")
     g.add_argument("--convert", default="t2s", choices=OPENCC_MODES,
                    help="OpenCC conversion (default t2s; tw2sp also converts Taiwan phrasing; none to keep the script)")
@@ -236,7 +250,8 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
                    max_dup_ngram_frac=a.max_dup_ngram_frac or None, dup_ngram=a.dup_ngram,
                    blocklist=read_blocklist(a.blocklist) if a.blocklist else (), max_block_per_line=a.max_block_per_line)
     keep = tuple(k for k in a.keep_fields.split(",") if k)
-    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup, read_options(a))
+    return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup, read_options(a),
+                        pii=Pii(a.pii))
 
 
 @locked_output("output")
