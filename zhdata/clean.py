@@ -23,6 +23,7 @@ from .errors import ErrorPolicy, InputError
 from .filters import FILTERS, Filters, read_blocklist
 from .lock import locked_output
 from .manifest import Counts, Manifest
+from .langid import LangFilter, identify
 from .markup import HTML_MODES, Markup
 from .pii import PII_MODES, Pii
 from .normalize import OPENCC_MODES, STEPS, Normalizer
@@ -45,6 +46,7 @@ class CleanOptions:
     markup: Markup = Markup()
     read: ReadOptions = ReadOptions()
     pii: Pii = Pii()
+    lang: LangFilter = LangFilter()
 
 
 def sample_path() -> Path:
@@ -75,9 +77,11 @@ def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.
     """The pure batch step: (normalised frame, drop reason per row or null, modified per step, failures per filter alone).
 
     Markup goes to text first, on the raw documents; `--html keep` also keeps the normaliser off the tags.
-    Personal data is looked for in the normalised text (full-width digits are ASCII by then); a document that
-    fails a filter is counted under the filter, `--pii drop` drops the others that hold personal data."""
+    Language is identified on the text after markup (before OpenCC; only with --lang). Personal data is looked
+    for in the normalised text (full-width digits are ASCII by then); a document that
+    fails a filter is counted under the filter, then the language, then `--pii drop`."""
     text, _, modified = opts.markup.apply(df["text"])
+    lang_reason = opts.lang.reasons(identify(text)) if opts.lang.langs else None
     norm = opts.normalizer if opts.markup.html != "keep" else replace(opts.normalizer, html=False)
     text, changed = norm.apply(text)
     modified.update(changed)
@@ -85,8 +89,10 @@ def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.
     modified.update(changed)
     df = df.with_columns(text=text)
     reason, alone = opts.filters.reasons(text)
-    reason = reason.fill_null(pii_reason)
-    alone.update({k: v for k, v in pii_reason.value_counts().iter_rows() if k is not None})
+    for extra in (lang_reason, pii_reason):
+        if extra is not None:
+            reason = reason.fill_null(extra)
+            alone.update({k: v for k, v in extra.value_counts().iter_rows() if k is not None})
     return df, reason, modified, alone
 
 
@@ -127,7 +133,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     params = {"inputs": identity,
               "text_field": opts.text_field, "text_unit": opts.text_unit,
               "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(),
-              "pii": opts.pii.mode, "normalize": opts.normalizer.params(),
+              "pii": opts.pii.mode, "lang": opts.lang.params(), "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb, **opts.read.params()}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
     manifest.inputs.extend(described)
@@ -190,6 +196,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  zhdata clean corpus/ --stats            # what each filter would do; writes nothing\n"
         "  zhdata clean pages/ -o out/clean --html text --no-markdown   # tags stripped, not main text; Markdown kept\n"
         "  zhdata clean forum/ -o out/clean --pii drop                  # drop pages with e-mails, phones, ID numbers...\n"
+        "  zhdata clean web/ -o out/clean --lang zh --min-lang-score 0.5  # Chinese pages, at least half Chinese\n"
         "A re-run with the same inputs and options skips finished shards.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders of .jsonl/.json/.parquet/.txt (optionally compressed)")
@@ -212,6 +219,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for kind, what in (("roff", "man/roff source (.TH/.SH requests, \\fB escapes)"), ("wiki", "MediaWiki markup ([[links]], {{templates}})"),
                        ("markdown", "Markdown (headings, emphasis, links, fences; code kept as text)")):
         g.add_argument(f"--no-{kind}", action="store_true", help=f"keep {what} as it is")
+    g = p.add_argument_group("language (CLD2; off unless --lang is given)")
+    g.add_argument("--lang", default="", metavar="CODES",
+                   help="keep documents whose main language is one of these ISO 639-1 codes (comma-separated, e.g. zh or "
+                   "zh,en); Simplified and Traditional are both zh. Others are dropped as wrong_language")
+    g.add_argument("--min-lang-score", type=float, default=0.0, metavar="X",
+                   help="with --lang: drop documents with less than this share of their text in the language as "
+                   "low_lang_score (default 0; 0.5 drops pages that are half English)")
     g = p.add_argument_group("personal data (e-mail, phone, ID number, bank card, IP; counted per type as pii_TYPE)")
     g.add_argument("--pii", choices=PII_MODES, default="redact",
                    help="redact = replace with <EMAIL> <PHONE> <ID_NUMBER> <BANK_CARD> <IP> (default: the page stays, "
@@ -250,8 +264,11 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
                    max_dup_ngram_frac=a.max_dup_ngram_frac or None, dup_ngram=a.dup_ngram,
                    blocklist=read_blocklist(a.blocklist) if a.blocklist else (), max_block_per_line=a.max_block_per_line)
     keep = tuple(k for k in a.keep_fields.split(",") if k)
+    langs = tuple(c.strip() for c in a.lang.split(",") if c.strip())
+    if a.min_lang_score and not langs:
+        raise InputError("(command line)", None, "--min-lang-score needs --lang", "e.g. --lang zh --min-lang-score 0.5")
     return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup, read_options(a),
-                        pii=Pii(a.pii))
+                        pii=Pii(a.pii), lang=LangFilter(langs, a.min_lang_score))
 
 
 @locked_output("output")
