@@ -146,7 +146,9 @@ def _rate(fn, batches: list[pl.Series], repeat: int = 2) -> float:
 
 def bench_steps(a: argparse.Namespace) -> dict:
     from zhdata.clean import CleanOptions, clean_frame
+    from zhdata.langid import LangFilter
     from zhdata.markup import Markup
+    from zhdata.pii import Pii
 
     batches = _corpus_batches(a.corpus, a.limit_mb)
     fx = [(ROOT / "tests/fixtures/web" / n).read_text(encoding="utf-8") for n in ("ls.1.zh.roff", "guide.md", "article.wiki", "news.html")]
@@ -154,8 +156,10 @@ def bench_steps(a: argparse.Namespace) -> dict:
     frame = lambda b: pl.DataFrame({"id": pl.Series(range(len(b))).cast(pl.String), "text": b})  # noqa: E731
     off = Markup(html="text", roff=False, wiki=False, markdown=False)
     res = {"MB": round(sum(int(b.str.len_bytes().sum()) for b in batches) / 1e6, 1)}
-    for name, opts in {"clean_frame, markup off (the old default)": CleanOptions(markup=off),
-                       "clean_frame, default (markup on)": CleanOptions()}.items():
+    for name, opts in {"clean_frame, markup off, --pii keep (the old default)": CleanOptions(markup=off, pii=Pii("keep")),
+                       "clean_frame, default (markup on, --pii redact)": CleanOptions(),
+                       "clean_frame --lang zh": CleanOptions(lang=LangFilter(("zh",))),
+                       "clean_frame --signals-only": CleanOptions(signals_only=True)}.items():
         res[name] = _rate(lambda b: clean_frame(frame(b), opts), batches)
     res["markup step alone (detection on plain corpus text)"] = _rate(lambda b: Markup().apply(b), batches)
     res["markup step alone on the four web fixtures (roff/md/wiki/html x 500)"] = _rate(lambda b: Markup().apply(b), web)

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ from .lock import locked_output
 from .manifest import Counts, Manifest
 from .langid import LangFilter, identify
 from .markup import HTML_MODES, Markup
-from .pii import PII_MODES, Pii
+from .pii import PII_MODES, PII_TYPES, Pii
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .documents import iter_documents
 from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
@@ -47,6 +48,7 @@ class CleanOptions:
     read: ReadOptions = ReadOptions()
     pii: Pii = Pii()
     lang: LangFilter = LangFilter()
+    signals_only: bool = False  # keep every document, with the value of every signal and the reason clean would drop it
 
 
 def sample_path() -> Path:
@@ -77,23 +79,37 @@ def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.
     """The pure batch step: (normalised frame, drop reason per row or null, modified per step, failures per filter alone).
 
     Markup goes to text first, on the raw documents; `--html keep` also keeps the normaliser off the tags.
-    Language is identified on the text after markup (before OpenCC; only with --lang). Personal data is looked
-    for in the normalised text (full-width digits are ASCII by then); a document that
-    fails a filter is counted under the filter, then the language, then `--pii drop`."""
-    text, _, modified = opts.markup.apply(df["text"])
-    lang_reason = opts.lang.reasons(identify(text)) if opts.lang.langs else None
+    Language is identified on the text after markup (before OpenCC; only with --lang or --signals-only).
+    Personal data is looked for in the normalised text (full-width digits are ASCII by then). A document that
+    fails a filter is counted under the filter, then the language, then `--pii drop`. With `signals_only`
+    the frame also holds every value a step computed (`SIGNALS`) and the `reason` clean would drop it for."""
+    text, markup, modified = opts.markup.apply(df["text"])
+    ident = identify(text) if opts.lang.langs or opts.signals_only else None
+    lang_reason = opts.lang.reasons(ident) if opts.lang.langs else None
     norm = opts.normalizer if opts.markup.html != "keep" else replace(opts.normalizer, html=False)
     text, changed = norm.apply(text)
     modified.update(changed)
-    text, _, pii_reason, changed = opts.pii.apply(text)
+    text, pii_counts, pii_reason, changed = opts.pii.apply(text, count=opts.signals_only)
     modified.update(changed)
     df = df.with_columns(text=text)
-    reason, alone = opts.filters.reasons(text)
+    measures = opts.filters.measures(text)
+    reason, alone = opts.filters.decide(measures)
     for extra in (lang_reason, pii_reason):
         if extra is not None:
             reason = reason.fill_null(extra)
             alone.update({k: v for k, v in extra.value_counts().iter_rows() if k is not None})
+    if opts.signals_only:
+        df = pl.concat([df, measures, markup, ident, pii_counts], how="horizontal").with_columns(reason=reason)
     return df, reason, modified, alone
+
+
+SIGNALS = ("chars", "chinese_ratio", "avg_line_chars", "lines", "block_hits", "dup_ngram_frac", "markup", "markup_frac",
+           "lang", "lang_score", *(f"pii_{t}" for t in PII_TYPES), "reason")
+
+
+def where_expression(opts: CleanOptions) -> str:
+    """The `zhdata filter --where` expression over the signals that keeps exactly what `opts` keeps."""
+    return " and ".join(t for t in (opts.filters.where(), opts.lang.where(), opts.pii.where()) if t)
 
 
 def process_piece(piece: Piece, opts: CleanOptions, out_dir: str | None) -> dict[str, Any]:
@@ -103,11 +119,16 @@ def process_piece(piece: Piece, opts: CleanOptions, out_dir: str | None) -> dict
     df, reason, modified, alone = clean_frame(df, opts)
     counts = Counts(records_in=len(df) + sum(policy.skipped.values()))
     counts.dropped.update(policy.skipped)
-    counts.dropped.update({k: v for k, v in reason.value_counts().iter_rows() if k is not None})
+    would_drop = {k: v for k, v in reason.value_counts().iter_rows() if k is not None}
     counts.modified.update({k: v for k, v in modified.items() if v})
-    out = df.filter(reason.is_null())
+    if opts.signals_only:  # nothing dropped: what clean would drop is in each row's `reason`
+        out = df
+    else:
+        counts.dropped.update(would_drop)
+        out = df.filter(reason.is_null())
     counts.records_out = len(out)
-    stats = {"counts": counts.to_dict(), "alone": alone, "examples": policy.examples, "empty_files": policy.empty_files}
+    stats = {"counts": counts.to_dict(), "alone": alone, "examples": policy.examples, "empty_files": policy.empty_files,
+             "would_drop": would_drop if opts.signals_only else {}}
     if out_dir is not None:
         ShardState(out_dir).finish(shard_name(piece), out, stats)
     return stats
@@ -133,7 +154,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     params = {"inputs": identity,
               "text_field": opts.text_field, "text_unit": opts.text_unit,
               "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(),
-              "pii": opts.pii.mode, "lang": opts.lang.params(), "normalize": opts.normalizer.params(),
+              "pii": opts.pii.mode, "lang": opts.lang.params(), "signals_only": opts.signals_only, "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb, **opts.read.params()}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
     manifest.inputs.extend(described)
@@ -163,6 +184,12 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
         manifest.warnings.extend(f"{f}: empty file, skipped" for f in res["empty_files"])
         manifest.extra.setdefault("bad_record_examples", []).extend(res["examples"][: max(0, 20 - len(manifest.extra.get("bad_record_examples", [])))])
     manifest.extra["filters_alone"] = alone
+    if opts.signals_only:
+        would: Counter = Counter()
+        for p in pieces:
+            would.update((results.get(p) or state.stats(shard_name(p))).get("would_drop", {}))  # type: ignore[union-attr]
+        manifest.extra["would_drop"] = dict(would)
+        manifest.extra["where"] = where_expression(opts)  # `zhdata filter OUT --where ...` keeps what clean keeps
     manifest.extra["shards"] = [f"{shard_name(p)}.parquet" for p in pieces]
     if out_dir is not None:
         manifest.write(out_dir)
@@ -197,12 +224,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  zhdata clean pages/ -o out/clean --html text --no-markdown   # tags stripped, not main text; Markdown kept\n"
         "  zhdata clean forum/ -o out/clean --pii drop                  # drop pages with e-mails, phones, ID numbers...\n"
         "  zhdata clean web/ -o out/clean --lang zh --min-lang-score 0.5  # Chinese pages, at least half Chinese\n"
+        "  zhdata clean web/ -o out/signals --signals-only              # keep all, with every signal; then:\n"
+        "  zhdata filter out/signals --where \"chinese_ratio > 0.6 and dup_ngram_frac < 0.3\" -o out/kept\n"
         "A re-run with the same inputs and options skips finished shards.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders of .jsonl/.json/.parquet/.txt (optionally compressed)")
     p.add_argument("--sample", action="store_true", help="clean the built-in sample (about 3 MB of public-domain Chinese)")
     p.add_argument("-o", "--output", metavar="OUT_DIR", help="output folder for Parquet shards and manifest.json")
     p.add_argument("--stats", action="store_true", help="only report what each step and filter would do; write nothing")
+    p.add_argument("--signals-only", action="store_true",
+                   help="drop nothing: write every document with the value of every signal (chars, chinese_ratio, "
+                   "avg_line_chars, dup_ngram_frac, markup, markup_frac, lang, lang_score, pii_TYPE counts) and the "
+                   "reason clean would drop it for; choose thresholds later with `zhdata filter`")
     g = p.add_argument_group("input")
     g.add_argument("--text-field", default="text", help="field holding the text (default: text)")
     g.add_argument("--format", choices=["jsonl", "json", "parquet", "txt"], help="override format detection by file name")
@@ -267,8 +300,11 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
     langs = tuple(c.strip() for c in a.lang.split(",") if c.strip())
     if a.min_lang_score and not langs:
         raise InputError("(command line)", None, "--min-lang-score needs --lang", "e.g. --lang zh --min-lang-score 0.5")
+    if a.signals_only and (clash := set(keep) & set(SIGNALS)):
+        raise InputError("(command line)", None, f"--keep-fields {', '.join(sorted(clash))} would clash with a signal column "
+                         "of --signals-only", "rename the field, or leave it out")
     return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup, read_options(a),
-                        pii=Pii(a.pii), lang=LangFilter(langs, a.min_lang_score))
+                        pii=Pii(a.pii), lang=LangFilter(langs, a.min_lang_score), signals_only=a.signals_only)
 
 
 @locked_output("output")

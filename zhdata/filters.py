@@ -114,10 +114,31 @@ class Filters:
             out["blocklisted"] = (m["block_hits"] / m["lines"]) > self.max_block_per_line
         return out
 
+    def where(self) -> str:
+        """A `zhdata filter --where` expression over the measures that keeps exactly what `reasons` keeps."""
+        terms = []
+        if self.min_chars:
+            terms.append(f"chars >= {self.min_chars}")
+        if self.max_chars:
+            terms.append(f"chars <= {self.max_chars}")
+        if self.min_chinese_ratio:
+            terms.append(f"chinese_ratio >= {self.min_chinese_ratio!r}")
+        if self.min_avg_line_chars:
+            terms.append(f"avg_line_chars >= {self.min_avg_line_chars!r}")
+        if self.max_dup_ngram_frac:
+            terms.append(f"dup_ngram_frac <= {self.max_dup_ngram_frac!r}")
+        if self.blocklist:
+            terms.append(f"block_hits / lines <= {self.max_block_per_line!r}")
+        return " and ".join(terms)
+
     def reasons(self, texts: pl.Series) -> tuple[pl.Series, dict[str, int]]:
         """Drop reason per document (null = kept) and, per filter, how many documents fail it on its own."""
-        fails = self.failures(self.measures(texts))
-        reason = np.full(len(texts), None, dtype=object)
+        return self.decide(self.measures(texts))
+
+    def decide(self, m: pl.DataFrame) -> tuple[pl.Series, dict[str, int]]:
+        """`reasons` from measures already taken."""
+        fails = self.failures(m)
+        reason = np.full(len(m), None, dtype=object)
         for name in FILTERS:
             if name in fails:
                 hit = fails[name].to_numpy() & (reason == None)  # noqa: E711 - elementwise on an object array

@@ -57,6 +57,13 @@ class LangFilter:
     def params(self) -> dict:
         return {"langs": list(self.langs), "min_score": self.min_score}
 
+    def where(self) -> str:
+        """The `zhdata filter --where` terms that keep what `reasons` keeps."""
+        if not self.langs:
+            return ""
+        terms = ["lang IN (" + ", ".join(f"'{c}'" for c in self.langs) + ")"]
+        return " and ".join(terms + ([f"lang_score >= {self.min_score!r}"] if self.min_score else []))
+
     def reasons(self, ident: pl.DataFrame) -> pl.Series:
         """Drop reason per document: `wrong_language`, `low_lang_score`, or null."""
         if not self.langs:

@@ -147,14 +147,20 @@ class Pii:
         frame = pl.DataFrame({f"pii_{t}": pl.Series(counts[t], dtype=pl.Int32) for t in PII_TYPES})
         return pl.Series(texts.name, vals, dtype=pl.String), frame
 
-    def apply(self, texts: pl.Series) -> tuple[pl.Series, pl.DataFrame, pl.Series, dict[str, int]]:
+    def where(self) -> str:
+        """The `zhdata filter --where` terms that keep what this mode keeps."""
+        return " and ".join(f"pii_{t} = 0" for t in PII_TYPES) if self.mode == "drop" else ""
+
+    def apply(self, texts: pl.Series, count: bool = False) -> tuple[pl.Series, pl.DataFrame, pl.Series, dict[str, int]]:
         """(texts, per-type counts, drop reason per document (`pii_TYPE`, the first type found; null = kept),
-        documents redacted per type as `pii_TYPE`)."""
-        if self.mode == "keep":  # nothing looked for: no cost
-            nulls = pl.DataFrame({f"pii_{t}": pl.Series([None] * len(texts), dtype=pl.Int32) for t in PII_TYPES})
-            return texts, nulls, pl.Series("reason", [None] * len(texts), dtype=pl.String), {}
-        redacted, counts = self.scan(texts)
+        documents redacted per type as `pii_TYPE`). `keep` looks for nothing (null counts) unless `count`."""
         reason = pl.Series("reason", [None] * len(texts), dtype=pl.String)
+        if self.mode == "keep" and not count:  # nothing looked for: no cost
+            nulls = pl.DataFrame({f"pii_{t}": pl.Series([None] * len(texts), dtype=pl.Int32) for t in PII_TYPES})
+            return texts, nulls, reason, {}
+        redacted, counts = self.scan(texts)
+        if self.mode == "keep":
+            return texts, counts, reason, {}
         changed: dict[str, int] = {}
         if self.mode == "drop":
             for t in reversed(PII_TYPES):
