@@ -4,7 +4,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from zhdata.clean import SIGNALS, CleanOptions, clean_frame
+from zhdata.clean import SIGNALS, CleanOptions, clean_frame, run_clean
 from zhdata.cli import main
 from zhdata.filters import Filters
 from zhdata.langid import LangFilter
@@ -93,3 +93,22 @@ def test_filter_thresholds_chosen_later_and_bad_expressions(tmp_path, capsys):
     assert main(["clean", str(src), "-o", str(tmp_path / "plain"), "--no-progress"]) == 0
     assert main(["filter", str(tmp_path / "plain"), "--where", "chars > 1", "-o", str(tmp_path / "h"), "--no-progress"]) == 2
     assert "not a `zhdata clean --signals-only` output" in capsys.readouterr().err
+
+
+def test_filter_resumes_and_refuses_its_input_as_output(tmp_path, capsys):
+    src = _write(tmp_path, _docs() * 3)
+    sig = tmp_path / "sig"
+    run_clean([src], sig, CleanOptions(signals_only=True), piece_mb=0, progress=False)  # a shard per line
+    out = tmp_path / "f"
+    assert main(["filter", str(sig), "--where", "reason IS NULL", "-o", str(out), "--no-progress"]) == 0
+    shards = sorted(out.glob("*.parquet"))
+    assert len(shards) > 3
+    shards[1].unlink()
+    stamps = {s: s.stat().st_mtime_ns for s in shards if s != shards[1]}
+    assert main(["filter", str(sig), "--where", "reason IS NULL", "-o", str(out), "--no-progress"]) == 0
+    assert shards[1].exists() and all(s.stat().st_mtime_ns == t for s, t in stamps.items())
+    assert main(["filter", str(sig), "--where", "chars > 1", "-o", str(out), "--no-progress"]) == 2
+    assert "zhdata filter: error:" in capsys.readouterr().err  # another expression is another run
+    assert main(["filter", str(sig), "--where", "chars > 1", "-o", str(sig), "--no-progress", "--overwrite"]) == 2
+    assert "the output folder is the input" in capsys.readouterr().err
+    assert len(list(sig.glob("*.parquet"))) == len(shards)  # nothing of the input deleted

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from .clean import SIGNALS
 from .errors import InputError
 from .lock import locked_output
-from .manifest import Counts, Manifest
-from .shards import ShardState
+from .manifest import MANIFEST, Counts, Manifest
+from .shards import ShardState, check_output_folder, run_inputs
 
 
 def parse_where(where: str) -> pl.Expr:
@@ -32,7 +32,7 @@ def parse_where(where: str) -> pl.Expr:
 
 
 def _signals_run(src: Path) -> dict[str, Any]:
-    mpath = src / "manifest.json"
+    mpath = src / MANIFEST
     if not mpath.exists():
         raise InputError(src, None, "no manifest.json here", "give the output folder of `zhdata clean --signals-only`")
     m = json.loads(mpath.read_text(encoding="utf-8"))
@@ -63,19 +63,21 @@ def run_filter(src: str | Path, out_dir: str | Path, where: str, keep_signals: b
     signals = _signals_run(src)
     expr = parse_where(where)
     shards = signals["shards"]
-    params = {"input": str(src.resolve()), "where": where, "keep_signals": keep_signals,
-              "input_manifest": (src / "manifest.json").stat().st_mtime_ns}
+    check_output_folder(out_dir, [src])
+    missing = [s for s in shards if not (src / s).exists()]
+    if missing:
+        raise InputError(src / missing[0], None, f"shard listed in manifest.json is missing ({len(missing)} missing)")
+    # the signals run by content: a re-run or replaced input is never resumed over
+    described, identity = run_inputs([src / MANIFEST, *(src / s for s in shards)])
+    params = {"input": str(src.resolve()), "inputs": identity, "where": where, "keep_signals": keep_signals}
     manifest = Manifest("zhdata filter", params)
-    manifest.add_inputs([src / "manifest.json"])
+    manifest.inputs.extend(described)
     state = ShardState(out_dir)
     state.start(params, overwrite)
     for name in tqdm(shards, desc="filter", unit="shard", disable=not progress):
         stem = name.removesuffix(".parquet")
         if not state.done(stem):
-            path = src / name
-            if not path.exists():
-                raise InputError(path, None, "shard listed in manifest.json is missing")
-            df = pl.read_parquet(path)
+            df = pl.read_parquet(src / name)
             out = filter_frame(df, expr, keep_signals, where)
             c = Counts(records_in=len(df), records_out=len(out))
             if len(df) > len(out):
