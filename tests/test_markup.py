@@ -22,7 +22,7 @@ def _one(fn, text: str) -> str:
 def test_detect_one_kind_per_document_and_plain_text_untouched():
     docs = [_fx("ls.1.zh.roff"), _fx("news.html"), _fx("guide.md"), _fx("article.wiki"), PLAIN,
             "价格是 **很低** 的",  # one Markdown signal is not Markdown
-            "<b>加粗</b> 一处标签"]  # nor are two HTML tags an HTML page
+            "<b>加粗</b> 一处标签<br>第二行<br>第三行<br><a href='/x'>链接</a>"]  # nor are inline tags an HTML page
     assert detect(pl.Series(docs)).to_list() == ["roff", "html", "markdown", "wiki", None, None, None]
     out, sig, changed = Markup().apply(pl.Series(docs))
     assert out[4:].to_list() == docs[4:]

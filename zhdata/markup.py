@@ -19,7 +19,7 @@ HTML_MODES = ("main", "text", "keep")
 
 # --- detection: a kind needs at least two of its signals in a document (one stray `.B` or `**` is not markup)
 _ROFF_LINE = r"(?m)^[.'](?:\\\"|TH|SH|SS|PP|LP|P|IP|TP|HP|B|I|BR|BI|IB|IR|RB|RI|SM|SB|RS|RE|nf|fi|br|sp|in|ti|ft|ad|na|ne|de|ds|so|TS|TE|EX|EE|UR|UE|Dd|Dt|Os|Sh|Ss|Nm|Nd|Pp|Fl|Ar|Op|It|Bl|El|Xr)(?:[ \t]|$)"
-_HTML_SIGNAL = r"(?i)<!doctype html|</?(?:html|head|body|div|p|span|a|li|ul|ol|table|tr|td|h[1-6]|script|style|nav|header|footer|article|section|br|img|meta|link)\b[^<>]*>"
+_HTML_SIGNAL = r"(?i)<!doctype html|</?(?:html|head|body|div|p|li|ul|ol|table|tr|td|h[1-6]|script|style|nav|header|footer|article|section|meta|link)\b[^<>]*>"  # block-level: a few <br> or <a> are not a page
 _WIKI_SIGNAL = r"\[\[[^\[\]\n]+\]\]|\{\{[^{}\n]+\}\}|'''[^'\n]+'''|(?m)^={2,6}[^=\n]+={2,6}[ \t]*$"
 _MD_SIGNAL = r"(?m)^#{1,6}[ \t]+\S|^[ \t]*(?:```|~~~)|!?\[[^\]\n]+\]\([^)\s]+\)|\*\*[^*\n]+\*\*|`[^`\n]+`"
 _MIN_SIGNALS = {"roff": 2, "html": 3, "wiki": 2, "markdown": 2}
