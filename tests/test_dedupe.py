@@ -50,10 +50,18 @@ def test_verify_rejects_loose_candidates(tmp_path):
     a = _texts(1, 1, 400)[0]
     b = a[:300] + "".join(_texts(2, 1, 100)[0])  # 5-gram Jaccard about 0.6
     d = _shards(tmp_path, [[a, b]])
-    loose = DedupeOptions(threshold=0.9, bands=32, rows=4)  # candidate at Jaccard ~0.4 and up
+    loose = DedupeOptions(threshold=0.9, bands=32, rows=4, verify=False)  # candidate at Jaccard ~0.4 and up
     assert run_dedupe(d, tmp_path / "o1", loose, progress=False).counts.records_out == 1
-    verified = DedupeOptions(threshold=0.9, bands=32, rows=4, verify=True)
+    verified = DedupeOptions(threshold=0.9, bands=32, rows=4)  # verification is the default
     assert run_dedupe(d, tmp_path / "o2", verified, progress=False).counts.records_out == 2
+    assert not list((tmp_path / "o2" / ".parts").glob("verify-sets*"))  # the spilled n-gram sets are removed
+
+
+def test_default_bands_are_recall_oriented_when_verified():
+    assert DedupeOptions().resolved().bands * DedupeOptions().resolved().rows <= 128
+    assert (DedupeOptions().resolved().bands, DedupeOptions().resolved().rows) == (16, 8)
+    assert (DedupeOptions(verify=False).resolved().bands, DedupeOptions(verify=False).resolved().rows) == (9, 13)
+    # 16 x 8 finds a pair at Jaccard 0.8 with probability 0.95, 9 x 13 with 0.47
 
 
 def test_parallel_signatures_equal_serial(tmp_path):

@@ -38,14 +38,17 @@ class DedupeOptions:
     threshold: float = 0.8
     bands: int = 0  # 0: chosen from threshold and num_perm
     rows: int = 0
-    verify: bool = False  # keep only candidate pairs whose exact n-gram Jaccard reaches the threshold
+    verify: bool = True  # keep only candidate pairs whose exact n-gram Jaccard reaches the threshold
     seed: int = 1
     text_field: str = "text"
 
     def resolved(self) -> "DedupeOptions":
         if self.bands and self.rows:
             return self
-        b, r = optimal_bands(self.threshold, self.num_perm)
+        # verified candidates cost time, not precision: weigh a missed pair 19x a false candidate (16 x 8 at 0.8,
+        # recall 0.994 on the planted benchmark in BENCHMARKS.md); unverified, weigh both alike (9 x 13 at 0.8)
+        fp = 0.05 if self.verify else 0.5
+        b, r = optimal_bands(self.threshold, self.num_perm, fp_weight=fp, fn_weight=1 - fp)
         return DedupeOptions(**{**asdict(self), "bands": b, "rows": r})
 
 
@@ -99,33 +102,50 @@ def _pass1(task: tuple[str, str, DedupeOptions]) -> int:
 
 
 class JaccardVerifier:
-    """Exact n-gram Jaccard of candidate pairs; loads (and keeps) only the documents it is asked about."""
+    """Exact n-gram Jaccard of candidate pairs. The n-gram set of each document asked about is computed once and
+    spilled to `spill` on disk, so memory holds an offset per candidate document and one shard's sets at a time."""
 
-    def __init__(self, shards: list[Path], offsets: np.ndarray, opts: DedupeOptions):
+    def __init__(self, shards: list[Path], offsets: np.ndarray, opts: DedupeOptions, spill: Path):
         self.shards, self.offsets, self.opts = shards, offsets, opts
-        self.sets: dict[int, np.ndarray] = {}
+        self.where: dict[int, tuple[int, int]] = {}
+        self.file = open(spill, "w+b")
+        self.end = 0
 
     def _load(self, docs: np.ndarray) -> None:
-        missing = np.unique(docs[[d not in self.sets for d in docs]])
+        missing = np.unique(docs[[d not in self.where for d in docs.tolist()]])
         shard_of = np.searchsorted(self.offsets, missing, side="right") - 1
+        self.file.seek(self.end)
         for s in np.unique(shard_of):
             rows = missing[shard_of == s]
             texts = read_texts(self.shards[s], self.opts.text_field)
             keys = dedupe_key(pl.Series([texts[r - self.offsets[s]] for r in rows], dtype=pl.String)).to_list()
             cp, offs = codepoints(keys)
             h, _, doc = ngram_hashes(cp, offs, self.opts.ngram, self.opts.seed, whole_short=True)
-            for i, d in enumerate(rows):
-                self.sets[int(d)] = np.unique(h[doc == i])
+            for i, d in enumerate(rows.tolist()):
+                grams = np.unique(h[doc == i]).astype(np.uint64)
+                self.file.write(grams.tobytes())
+                self.where[d] = (self.end, len(grams))
+                self.end += grams.nbytes
+        self.file.flush()
+
+    def _set(self, d: int) -> np.ndarray:
+        off, n = self.where[d]
+        self.file.seek(off)
+        return np.frombuffer(self.file.read(n * 8), dtype=np.uint64)
 
     def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         self._load(np.concatenate([u, v]))
         out = np.zeros(len(u), dtype=bool)
         for k, (a, b) in enumerate(zip(u.tolist(), v.tolist())):
-            sa, sb = self.sets[a], self.sets[b]
+            sa, sb = self._set(a), self._set(b)
             inter = len(np.intersect1d(sa, sb, assume_unique=True))
             union = len(sa) + len(sb) - inter
             out[k] = union == 0 or inter / union >= self.opts.threshold
         return out
+
+    def close(self) -> None:
+        self.file.close()
+        Path(self.file.name).unlink(missing_ok=True)
 
 
 def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, workers: int = 1,
@@ -157,10 +177,13 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
                 index.add_keys(z["bands"])
     hashes = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    verify = JaccardVerifier(shards, offsets, opts) if opts.verify and index is not None else None
+    verify = (JaccardVerifier(shards, offsets, opts, state.parts / "verify-sets.bin")
+              if opts.verify and index is not None else None)
     roots, exact = duplicate_clusters(len(hashes), hashes if opts.exact else None, index, verify)
     if index is not None:
         index.close()
+    if verify is not None:
+        verify.close()
 
     size = np.bincount(roots, minlength=len(roots))
     root_ids: dict[int, str] = {}
@@ -208,7 +231,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "of IN_DIR at once. The first document of each cluster in corpus order is kept.\n"
         "OUT_DIR gets the shards under the same names, clusters.parquet (every member of every cluster:\n"
         "id, cluster, kept, reason) and manifest.json.\n\n"
-        "examples:\n  zhdata dedupe out/clean -o out/dedup\n  zhdata dedupe out/clean -o out/dedup --threshold 0.7 --verify",
+        "examples:\n  zhdata dedupe out/clean -o out/dedup\n  zhdata dedupe out/clean -o out/dedup --threshold 0.7 --no-verify",
     )
     p.add_argument("input", metavar="IN_DIR", help="folder of Parquet shards (a `zhdata clean` output)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
@@ -220,8 +243,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-perm", type=int, default=d.num_perm, help=f"signature length (default {d.num_perm})")
     p.add_argument("--bands", type=int, default=0, help="LSH bands (default: tuned for --threshold)")
     p.add_argument("--rows", type=int, default=0, help="rows per band (default: tuned for --threshold)")
-    p.add_argument("--verify", action="store_true",
-                   help="check candidate pairs by exact n-gram Jaccard (more precise; memory grows with the number of candidates)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="link candidate pairs without checking their exact n-gram Jaccard (faster, less precise; "
+                   "the default checks them, with n-gram sets spilled to disk, and picks bands for recall)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
@@ -235,7 +259,7 @@ def run(a: argparse.Namespace) -> int:
     if (a.bands > 0) != (a.rows > 0):
         raise InputError("(command line)", None, "give both --bands and --rows, or neither")
     opts = DedupeOptions(not a.no_exact, not a.no_near, a.ngram, a.num_perm, a.threshold, a.bands, a.rows,
-                         a.verify, a.seed, a.text_field)
+                         not a.no_verify, a.seed, a.text_field)
     m = run_dedupe(a.input, a.output, opts, a.workers, a.overwrite, progress=not a.no_progress)
     c, d = m.counts, m.extra["dedupe"]
     print(f"documents {c.records_in:,}  kept {c.records_out:,}  "
