@@ -29,8 +29,9 @@ from .markup import HTML_MODES, Markup
 from .pii import PII_MODES, PII_TYPES, Pii
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .documents import iter_documents
+from .engine import Engine, LocalEngine, add_engine_options, engine_from_args
 from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
-from .shards import ShardState, check_output_folder, parallel_map, run_inputs
+from .shards import ShardState, check_output_folder, run_inputs
 
 DEFAULT_PIECE_MB = 64
 
@@ -143,8 +144,11 @@ def _task(args: tuple[Piece, CleanOptions, str | None]) -> dict[str, Any]:
 
 
 def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanOptions, workers: int = 1,
-              piece_mb: int = DEFAULT_PIECE_MB, overwrite: bool = False, progress: bool = True) -> Manifest:
-    """Clean `inputs` into `out_dir` (or only measure, when `out_dir` is None) and return the manifest."""
+              piece_mb: int = DEFAULT_PIECE_MB, overwrite: bool = False, progress: bool = True,
+              engine: Engine | None = None) -> Manifest:
+    """Clean `inputs` into `out_dir` (or only measure, when `out_dir` is None) and return the manifest; the pieces run
+    on `engine` (default: `workers` local processes)."""
+    engine = engine or LocalEngine(workers)
     if out_dir is not None:
         check_output_folder(out_dir, inputs)
     found = ErrorPolicy(opts.on_error)
@@ -170,7 +174,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
         bar.write(f"resuming: {len(pieces) - len(todo)} of {len(pieces)} shards already done")
     results: dict[Piece, dict[str, Any]] = {}
     tasks = [(p, opts, str(out_dir) if out_dir is not None else None) for p in todo]
-    for p, res in zip(todo, parallel_map(_task, tasks, workers)):
+    for p, res in zip(todo, engine.map(_task, tasks)):
         results[p] = res
         bar.update(sizes[p])
     bar.close()
@@ -191,6 +195,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
         manifest.extra["would_drop"] = dict(would)
         manifest.extra["where"] = where_expression(opts)  # `zhdata filter OUT --where ...` keeps what clean keeps
     manifest.extra["shards"] = [f"{shard_name(p)}.parquet" for p in pieces]
+    manifest.extra["engine"] = engine.describe()
     if out_dir is not None:
         manifest.write(out_dir)
     return manifest
@@ -226,6 +231,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  zhdata clean web/ -o out/clean --lang zh --min-lang-score 0.5  # Chinese pages, at least half Chinese\n"
         "  zhdata clean web/ -o out/signals --signals-only              # keep all, with every signal; then:\n"
         "  zhdata filter out/signals --where \"chinese_ratio > 0.6 and dup_ngram_frac < 0.3\" -o out/kept\n"
+        "  zhdata clean corpus/ -o out/clean --engine ray --ray-address auto   # pieces as Ray tasks on a cluster\n"
         "A re-run with the same inputs and options skips finished shards.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders of .jsonl/.json/.parquet/.txt (optionally compressed)")
@@ -284,6 +290,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-block-per-line", type=float, default=d.max_block_per_line, help=f"(default {d.max_block_per_line})")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    add_engine_options(g)
     g.add_argument("--piece-mb", type=int, default=DEFAULT_PIECE_MB, help=f"input piece per shard, MB (default {DEFAULT_PIECE_MB})")
     g.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -317,7 +324,7 @@ def run(a: argparse.Namespace) -> int:
     if not a.stats and not a.output:
         raise InputError("(command line)", None, "no output folder", "give -o OUT_DIR, or --stats to only measure")
     m = run_clean(inputs, None if a.stats else a.output, options_from_args(a), a.workers, a.piece_mb, a.overwrite,
-                  progress=not a.no_progress)
+                  progress=not a.no_progress, engine=engine_from_args(a))
     print(format_report(m))
     for ex in m.extra.get("bad_record_examples", [])[:5]:
         print(f"skipped: {ex}", file=sys.stderr)
