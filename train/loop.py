@@ -1,6 +1,9 @@
 """The training loop of `train run`: setup, AdamW + cosine schedule, accumulation, checkpoints, exact resume,
 JSONL logs, DDP under torchrun.
 
+A recipe of small steps, each callable alone (`train()` runs them in order): `setup_ranks`, `setup_data`,
+`find_checkpoint`, `setup_model`, `wrap_for_ranks`, `setup_optimizer`, `load_checkpoint`, `Trainer.step` (one
+optimizer step), `run_steps` (logs and `save_checkpoint`), `_val_loss` (evaluate), `write_outputs`.
 A short explicit loop instead of transformers' `Trainer`: the router loss must be logged apart from the LM
 loss, resume must restore the data position and every RNG, and our own expert modules need no special casing.
 """
@@ -15,7 +18,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,7 @@ from zhdata.pack import collate_packed
 from .config import RunConfig, to_toml
 from .data import batch_indices, check_dataset, micro_batches_per_epoch, model_inputs, open_packed
 from .model import (TOKENIZER_DIR, SetupError, attach_adapters, compute_dtype, format_summary, is_moe, load_quantized,
-                    pick_device, save_adapter, verify_setup)
+                    pick_device, run_autocast, save_adapter, verify_setup)
 
 LOG_FILE, CKPT_DIR = "log.jsonl", "checkpoints"
 
@@ -222,32 +225,64 @@ def _n_chars(tokenizer, batch: dict) -> int:
     return sum(len(t) for t in tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True))
 
 
-def train(cfg: RunConfig, progress: bool = True) -> dict:
-    """Run `cfg` (rank 0 writes the output folder); returns the manifest as a dict."""
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process trains: its rank among `world` processes, its device and compute dtype."""
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def setup_ranks(cfg: RunConfig) -> Ranks:
+    """Join the process group (under torchrun), pick this rank's device and the compute dtype."""
     rank, world, local_rank = init_distributed()
     device = pick_device(cfg.device, local_rank)
-    dtype = compute_dtype(device, cfg.precision)
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
+    return Ranks(rank, world, device, compute_dtype(device, cfg.precision))
+
+
+@dataclass
+class RunData:
+    """The packed training split and the run's tokenizer, checked against each other."""
+    ds: object  # zhdata.pack.PackedDataset
+    tokenizer: object
+    tok_dir: Path
+    tok_sha: str
+    manifest: Path  # the packed data's manifest.json
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def collate(self, idx: list[int]) -> dict:
+        return collate_packed([self.ds[i] for i in idx], pad_id=self.pad_id)
+
+    def manifest_sha256(self) -> str | None:
+        return file_sha256(self.manifest) if self.manifest.exists() else None
+
+
+def setup_data(cfg: RunConfig) -> RunData:
+    """Open the train split, check it was packed for this stage with a tokenizer that encodes as the run's,
+    and (`--vocab orig`) that the model has a row for every token."""
     tok_dir = Path(cfg.tokenizer or cfg.model)
-    manifest = Manifest("train run", asdict(cfg))
     ds = open_packed(cfg.data, "train")
     tok_sha = check_dataset(ds, cfg.data, tok_dir, cfg.stage)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    data_manifest = Path(cfg.data) / "manifest.json"
-    identity = run_identity(cfg, world, file_sha256(data_manifest) if data_manifest.exists() else None, tok_sha)
-    ck = find_checkpoint(cfg, identity)  # before the (long) model load: a stale folder is refused at once
     if cfg.vocab == "orig":
         rows = AutoConfig.from_pretrained(cfg.model).get_text_config().vocab_size
         if len(tokenizer) > rows:
             raise InputError(tok_dir, None, f"the tokenizer has {len(tokenizer):,} tokens but the model only {rows:,} rows",
                              hint="an extended tokenizer needs --vocab ext --tokenizer DIR")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collate = lambda idx: collate_packed([ds[i] for i in idx], pad_id=pad_id)  # noqa: E731
+    return RunData(ds, tokenizer, tok_dir, tok_sha, Path(cfg.data) / "manifest.json")
 
-    model = load_quantized(cfg.model, device, dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+
+def setup_model(cfg: RunConfig, ranks: Ranks, tok_dir: Path, manifest: Manifest, progress: bool = True):
+    """The NF4 base streamed onto the device, resized for `--vocab ext`, with its adapters attached and the setup
+    checked (printed on rank 0; a failed check refuses the run). Returns (peft model in train mode, summary);
+    resize details and warnings go into `manifest`."""
+    model = load_quantized(cfg.model, ranks.device, ranks.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                            lora_dropout=cfg.lora_dropout, expert_lora=cfg.expert_lora, router_lora=cfg.router_lora,
-                           blocksize=cfg.quant_blocksize, progress=progress and rank == 0)
+                           blocksize=cfg.quant_blocksize, progress=progress and ranks.rank == 0)
     new_ids: list[int] = []
     if cfg.vocab == "ext":
         from tokenizer.embeddings import resize_and_init
@@ -256,121 +291,194 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         new_ids = list(range(resized["base_vocab"], resized["new_vocab"]))
         manifest.extra["resize"] = resized
         for p in model.parameters():  # new rows are created in the default dtype/device
-            if p.device != device:
-                p.data = p.data.to(device)
+            if p.device != ranks.device:
+                p.data = p.data.to(ranks.device)
     moe = is_moe(model)
     if not moe and (cfg.expert_lora or cfg.router_lora):
         manifest.warnings.append("dense model (no MoE layers): the 'experts'/'router' LoRA targets do not apply")
-    coef = cfg.router_aux_loss_coef if moe else 0.0
-    model.config.output_router_logits = coef > 0  # the loop adds coef * aux itself (and logs it apart)
+    model.config.output_router_logits = moe and cfg.router_aux_loss_coef > 0  # train_step adds coef x aux itself
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pm = attach_adapters(model, cfg, new_ids)
     summary = verify_setup(pm, cfg, len(new_ids))
-    if rank == 0:
+    if ranks.rank == 0:
         print(format_summary(summary), flush=True)
     if summary["problems"]:
         raise SetupError("refusing to train: " + "; ".join(summary["problems"]))
-    pm.train()
+    return pm.train(), summary
 
-    params = list(_trainable(pm).values())
-    opt = make_optimizer(cfg, _trainable(pm), device)
-    per_epoch = micro_batches_per_epoch(len(ds), cfg.micro_batch_size, world)
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
-    sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
-    state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0, "run": identity}
-    if ck is not None:
-        state = load_checkpoint(ck, pm, opt, sched, rank)
-    net = pm
-    if world > 1:
-        net = DistributedDataParallel(pm, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=True)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and dtype == torch.bfloat16
-                else nullcontext())
-    log = out / LOG_FILE
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.toml").write_text(to_toml(cfg), encoding="utf-8")
-        _keep_log_until(log, state["step"])
-    batches = batch_indices(len(ds), cfg.micro_batch_size, world, rank, cfg.seed, start=state["step"] * cfg.grad_accum)
-    last_step = total if cfg.stop_after <= 0 else min(total, state["step"] + cfg.stop_after)
-    bar = tqdm(total=total, initial=state["step"], desc=f"train {cfg.stage}/{cfg.vocab}", unit="step",
-               disable=not progress or rank != 0)
-    record: dict = {}
-    loss_fn = pm.get_base_model().loss_function
-    while state["step"] < last_step:
-        t0 = time.perf_counter()
-        micro_batches = [collate(next(batches)) for _ in range(cfg.grad_accum)]
-        # Token-weighted mean over the whole optimizer step (all micro-batches, all ranks), as one big batch.
+
+def wrap_for_ranks(model, ranks: Ranks) -> torch.nn.Module:
+    """What the forward and backward run through: `model` itself in one process, DDP (a whole model per rank,
+    gradients averaged) under torchrun. Parameters keep their names and identity, so the optimizer and
+    checkpoints work on `model`."""
+    if ranks.world == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def total_steps(cfg: RunConfig, n_sequences: int, world: int) -> int:
+    """Optimizer steps of the whole run: `max_steps`, or `epochs` over the data."""
+    per_epoch = micro_batches_per_epoch(n_sequences, cfg.micro_batch_size, world)
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.epochs * per_epoch) // cfg.grad_accum)
+
+
+def setup_optimizer(cfg: RunConfig, model, device: torch.device, total: int):
+    """(optimizer, cosine schedule with warmup over `total` steps) for the trainable parameters of `model`."""
+    opt = make_optimizer(cfg, _trainable(model), device)
+    return opt, get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+
+
+@dataclass
+class Trainer:
+    """What one optimizer step needs (built by the setup steps). `net` is `model` or its wrapper for ranks."""
+    cfg: RunConfig
+    ranks: Ranks
+    model: object  # PeftModel
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    tokenizer: object
+
+    @property
+    def coef(self) -> float:
+        """The router aux-loss coefficient; 0 when the model does not output router logits (dense, or coef 0)."""
+        return self.cfg.router_aux_loss_coef if self.model.config.output_router_logits else 0.0
+
+    def step(self, micro_batches: list[dict]) -> dict:
+        """Forward and backward over `micro_batches` (one optimizer step: `grad_accum` of them), gradient
+        clipping, optimizer and schedule step. The loss is LM loss per predicted token of the whole step (all
+        micro-batches, all ranks, as one big batch) + `coef` x the mean aux loss. Returns lm_loss, aux_loss,
+        lr (the one applied), grad_norm (before clipping), tokens and chars of the step (all ranks)."""
+        cfg, world, device = self.cfg, self.ranks.world, self.ranks.device
         counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches),
                                sum(_n_tokens(b) for b in micro_batches),
-                               sum(_n_chars(tokenizer, b) for b in micro_batches)], dtype=torch.float64)
+                               sum(_n_chars(self.tokenizer, b) for b in micro_batches)], dtype=torch.float64)
         if world > 1:
             counts = _all_reduce(counts, device)
         n_items = max(1, int(counts[0]))
+        loss_fn, coef = self.model.get_base_model().loss_function, self.coef
         sums = torch.zeros(2, dtype=torch.float64)  # this rank's share of the LM loss; its mean aux loss
         for micro, batch in enumerate(micro_batches):
             inputs = model_inputs(batch, device)
             labels = inputs.pop("labels")
-            sync = nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else net.no_sync()
+            sync = nullcontext() if world == 1 or micro == len(micro_batches) - 1 else self.net.no_sync()
             with sync:
-                with autocast:
-                    o = net(**inputs)
+                with run_autocast(device, self.ranks.dtype):
+                    o = self.net(**inputs)
                 lm = loss_fn(o.logits, labels, vocab_size=o.logits.shape[-1], num_items_in_batch=n_items)
-                aux = (_aux_loss(o.router_logits, pm.config, batch.get("attention_mask"), device) / cfg.grad_accum
-                       if coef > 0 else torch.zeros((), device=device))
+                aux = (_aux_loss(o.router_logits, self.model.config, batch.get("attention_mask"), device)
+                       / len(micro_batches) if coef > 0 else torch.zeros((), device=device))
                 # DDP averages gradients over ranks: scale the LM share back up to the global token mean.
                 (lm * world + coef * aux).backward()
             sums += torch.tensor([lm.item(), float(aux.detach())], dtype=torch.float64)
         if world > 1:
             sums = _all_reduce(sums, device)
             sums[1] /= world
-        tokens, chars = int(counts[1]), int(counts[2])
+        params = list(_trainable(self.model).values())
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        lr = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"lm_loss": float(sums[0]), "aux_loss": float(sums[1]), "lr": lr, "grad_norm": float(norm),
+                "tokens": int(counts[1]), "chars": int(counts[2])}
+
+
+def start_output(cfg: RunConfig, state: dict, rank: int) -> Path:
+    """Rank 0: create the output folder, write run.toml, cut log.jsonl back to the resumed step. Returns the log."""
+    out = Path(cfg.output_dir)
+    log = out / LOG_FILE
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.toml").write_text(to_toml(cfg), encoding="utf-8")
+        _keep_log_until(log, state["step"])
+    return log
+
+
+def run_steps(tr: Trainer, data: RunData, state: dict, total: int, log: Path, progress: bool = True) -> dict:
+    """Train from `state["step"]` to `total` (or `stop_after` steps of this invocation): log every `log_every`
+    steps, checkpoint every `save_every` and at the last step. Updates `state`; returns the last step's record."""
+    cfg, rank = tr.cfg, tr.ranks.rank
+    batches = batch_indices(len(data.ds), cfg.micro_batch_size, tr.ranks.world, rank, cfg.seed,
+                            start=state["step"] * cfg.grad_accum)
+    last_step = total if cfg.stop_after <= 0 else min(total, state["step"] + cfg.stop_after)
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {cfg.stage}/{cfg.vocab}", unit="step",
+               disable=not progress or rank != 0)
+    record: dict = {}
+    while state["step"] < last_step:
+        t0 = time.perf_counter()
+        s = tr.step([data.collate(next(batches)) for _ in range(cfg.grad_accum)])
         dt = time.perf_counter() - t0
         state["step"] += 1
-        state["tokens"] += tokens
-        state["chars"] += chars
+        state["tokens"] += s["tokens"]
+        state["chars"] += s["chars"]
         state["train_s"] += dt
-        record = {"step": state["step"], "lm_loss": float(sums[0]), "aux_loss": float(sums[1]), "lr": lr,
-                  "grad_norm": float(norm), "tokens": state["tokens"], "chars": state["chars"],
-                  "elapsed": round(state["train_s"], 3), "tokens_per_s": tokens / dt, "chars_per_s": chars / dt}
+        record = {"step": state["step"], "lm_loss": s["lm_loss"], "aux_loss": s["aux_loss"], "lr": s["lr"],
+                  "grad_norm": s["grad_norm"], "tokens": state["tokens"], "chars": state["chars"],
+                  "elapsed": round(state["train_s"], 3), "tokens_per_s": s["tokens"] / dt, "chars_per_s": s["chars"] / dt}
         if rank == 0 and (state["step"] % cfg.log_every == 0 or state["step"] == last_step):
             with log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{record['lm_loss']:.3f}", aux=f"{record['aux_loss']:.3f}", lr=f"{lr:.2e}",
+        bar.set_postfix(loss=f"{record['lm_loss']:.3f}", aux=f"{record['aux_loss']:.3f}", lr=f"{s['lr']:.2e}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
         bar.update(1)
         if state["step"] == last_step or (cfg.save_every > 0 and state["step"] % cfg.save_every == 0):
-            save_checkpoint(out, pm, opt, sched, state, rank, world, cfg.keep_checkpoints)
+            save_checkpoint(Path(cfg.output_dir), tr.model, tr.opt, tr.sched, state, rank, tr.ranks.world, cfg.keep_checkpoints)
     bar.close()
+    return record
+
+
+def train(cfg: RunConfig, progress: bool = True) -> dict:
+    """Run `cfg` (rank 0 writes the output folder); returns the manifest as a dict. The recipe: ranks, data,
+    (checkpoint to resume), model, wrap for ranks, optimizer, steps, validation, outputs."""
+    ranks = setup_ranks(cfg)
+    seed_everything(cfg.seed)
+    manifest = Manifest("train run", asdict(cfg))
+    data = setup_data(cfg)
+    identity = run_identity(cfg, ranks.world, data.manifest_sha256(), data.tok_sha)
+    ck = find_checkpoint(cfg, identity)  # before the (long) model load: a stale folder is refused at once
+    model, summary = setup_model(cfg, ranks, data.tok_dir, manifest, progress)
+    net = wrap_for_ranks(model, ranks)
+    total = total_steps(cfg, len(data.ds), ranks.world)
+    opt, sched = setup_optimizer(cfg, model, ranks.device, total)
+    state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0, "run": identity}
+    if ck is not None:
+        state = load_checkpoint(ck, model, opt, sched, ranks.rank)
+    tr = Trainer(cfg, ranks, model, net, opt, sched, data.tokenizer)
+    log = start_output(cfg, state, ranks.rank)
+    record = run_steps(tr, data, state, total, log, progress)
 
     finished = state["step"] >= total
-    val = _val_loss(cfg, pm, pad_id, device, autocast) if finished and rank == 0 else None
+    val = (_val_loss(cfg, model, data.pad_id, ranks.device, run_autocast(ranks.device, ranks.dtype))
+           if finished and ranks.rank == 0 else None)
     result = {"steps": state["step"], "total_steps": total, "finished": finished, "tokens": state["tokens"],
               "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val}
-    manifest.extra.update({"tokenizer": {"fingerprint": tok_sha, "path": str(tok_dir.resolve())},
-                           "data": {"path": str(Path(cfg.data).resolve()), "sequences": len(ds),
+    manifest.extra.update({"tokenizer": {"fingerprint": data.tok_sha, "path": str(data.tok_dir.resolve())},
+                           "data": {"path": str(Path(cfg.data).resolve()), "sequences": len(data.ds),
                                     "manifest_sha256": identity["data_manifest_sha256"]},
-                           "setup": summary, "train": result, "world_size": world, "device": str(device),
-                           "compute_dtype": str(dtype).removeprefix("torch.")})
-    if rank == 0:
-        copy_tokenizer_files(tok_dir, out / TOKENIZER_DIR)
-        if finished:
-            save_adapter(pm, out, cfg, pm.get_base_model().get_input_embeddings().weight.shape[0])
-        manifest.add_inputs([p for p in (data_manifest, tok_dir / "tokenizer.json", Path(cfg.model) / "config.json")
-                             if p.exists()])
-        seqs = state["step"] * cfg.grad_accum * cfg.micro_batch_size * world
-        manifest.counts.records_in = manifest.counts.records_out = seqs
-        manifest.write(out)
-    if world > 1:
+                           "setup": summary, "train": result, "world_size": ranks.world, "device": str(ranks.device),
+                           "compute_dtype": str(ranks.dtype).removeprefix("torch.")})
+    if ranks.rank == 0:
+        write_outputs(cfg, model, data, manifest, state["step"] * cfg.grad_accum * cfg.micro_batch_size * ranks.world,
+                      finished)
+    if ranks.world > 1:
         dist.barrier()
     return manifest.to_dict()
+
+
+def write_outputs(cfg: RunConfig, model, data: RunData, manifest: Manifest, sequences: int, finished: bool) -> None:
+    """Rank 0: the run's tokenizer, the adapter (finished runs only) and manifest.json."""
+    out = Path(cfg.output_dir)
+    copy_tokenizer_files(data.tok_dir, out / TOKENIZER_DIR)
+    if finished:
+        save_adapter(model, out, cfg, model.get_base_model().get_input_embeddings().weight.shape[0])
+    manifest.add_inputs([p for p in (data.manifest, data.tok_dir / "tokenizer.json", Path(cfg.model) / "config.json")
+                         if p.exists()])
+    manifest.counts.records_in = manifest.counts.records_out = sequences
+    manifest.write(out)
 
 
 @torch.no_grad()

@@ -53,10 +53,12 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
-def run_autocast(device: torch.device):
-    """The forward precision of `train run` on `device`: bf16 autocast on a GPU, none on CPU (fp32); eval, mc and
-    experts score a model under it, so a run folder is evaluated as it was trained."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def run_autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """The forward precision of `train run` on `device`: bf16 autocast on a GPU (unless the run's compute dtype
+    `dtype` is fp32: `--precision fp32`), none on CPU (fp32); eval, mc and experts score a model under it, so a
+    run folder is evaluated as it was trained."""
+    bf16_gpu = device.type == "cuda" and dtype == torch.bfloat16
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16_gpu else nullcontext()
 
 
 def is_moe(model) -> bool:
