@@ -15,9 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from tqdm import tqdm
 
 from .errors import ErrorPolicy, InputError
@@ -32,6 +31,9 @@ from .documents import iter_documents
 from .engine import Engine, LocalEngine, add_engine_options, engine_from_args
 from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
 from .shards import ShardState, check_output_folder, run_inputs
+
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 DEFAULT_PIECE_MB = 64
 
@@ -59,6 +61,8 @@ def sample_path() -> Path:
 
 def read_piece(piece: Piece, opts: CleanOptions, policy: ErrorPolicy) -> pl.DataFrame:
     """Documents of one piece as a frame of id, text, source and kept fields; other records go to `policy`."""
+    import polars as pl
+
     name = Path(piece.path).name
     ids: list[str] = []
     texts: list[str] = []
@@ -84,6 +88,8 @@ def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.
     Personal data is looked for in the normalised text (full-width digits are ASCII by then). A document that
     fails a filter is counted under the filter, then the language, then `--pii drop`. With `signals_only`
     the frame also holds every value a step computed (`SIGNALS`) and the `reason` clean would drop it for."""
+    import polars as pl
+
     text, markup, modified = opts.markup.apply(df["text"])
     ident = identify(text) if opts.lang.langs or opts.signals_only else None
     lang_reason = opts.lang.reasons(ident) if opts.lang.langs else None

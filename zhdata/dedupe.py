@@ -13,9 +13,9 @@ import argparse
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 from tqdm import tqdm
 
 from .errors import InputError
@@ -27,6 +27,9 @@ from .minhash import optimal_bands, signatures
 from .ngrams import codepoints, ngram_hashes
 from .normalize import dedupe_key
 from .shards import ShardState, check_output_folder, parallel_map, run_inputs
+
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def list_shards(in_dir: str | Path) -> list[Path]:
 
 
 def read_texts(path: Path, field: str) -> list[str]:
+    import polars as pl
+
     try:
         col = pl.read_parquet(path, columns=[field])[field]
     except pl.exceptions.ColumnNotFoundError:
@@ -84,6 +89,8 @@ def exact_hashes(keys: list[str]) -> np.ndarray:
 
 def shard_keys(texts: list[str], opts: DedupeOptions) -> tuple[np.ndarray, np.ndarray]:
     """The pure per-batch step: (exact hash per document, LSH band keys per document)."""
+    import polars as pl
+
     keys = dedupe_key(pl.Series(texts, dtype=pl.String)).to_list()
     exact = exact_hashes(keys)
     if not opts.near:
@@ -112,6 +119,8 @@ class JaccardVerifier:
         self.end = 0
 
     def _load(self, docs: np.ndarray) -> None:
+        import polars as pl
+
         missing = np.unique(docs[[d not in self.where for d in docs.tolist()]])
         shard_of = np.searchsorted(self.offsets, missing, side="right") - 1
         self.file.seek(self.end)
@@ -150,6 +159,8 @@ class JaccardVerifier:
 
 def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, workers: int = 1,
                overwrite: bool = False, progress: bool = True) -> Manifest:
+    import polars as pl
+
     opts = opts.resolved()
     shards = list_shards(in_dir)
     out = Path(out_dir)

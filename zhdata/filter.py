@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from tqdm import tqdm
 
 from .clean import SIGNALS
@@ -22,9 +21,14 @@ from .lock import locked_output
 from .manifest import MANIFEST, Counts, Manifest
 from .shards import ShardState, check_output_folder, run_inputs
 
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
+
 
 def parse_where(where: str) -> pl.Expr:
     """The SQL expression `where` as a Polars expression; a one-line error when it does not parse."""
+    import polars as pl
+
     try:
         return pl.sql_expr(where)
     except Exception as e:  # Polars raises several error types for bad SQL; all are the user's expression
@@ -44,6 +48,8 @@ def _signals_run(src: Path) -> dict[str, Any]:
 
 def filter_frame(df: pl.DataFrame, expr: pl.Expr, keep_signals: bool, where: str) -> pl.DataFrame:
     """The rows of `df` where `expr` is true (null counts as false), signal columns dropped unless `keep_signals`."""
+    import polars as pl
+
     try:
         mask = df.select(expr.fill_null(False).alias("keep"))["keep"]
     except pl.exceptions.ColumnNotFoundError as e:
@@ -59,6 +65,8 @@ def filter_frame(df: pl.DataFrame, expr: pl.Expr, keep_signals: bool, where: str
 
 def run_filter(src: str | Path, out_dir: str | Path, where: str, keep_signals: bool = False, overwrite: bool = False,
                progress: bool = True) -> Manifest:
+    import polars as pl
+
     src, out_dir = Path(src), Path(out_dir)
     signals = _signals_run(src)
     expr = parse_where(where)

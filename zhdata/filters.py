@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from .ngrams import codepoints, duplicated_ngram_fraction, text_chunks
+
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 FILTERS = ("too_short", "too_long", "low_chinese_ratio", "short_lines", "repetitive", "blocklisted")
 _HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))
@@ -81,6 +84,8 @@ class Filters:
 
     def measures(self, texts: pl.Series) -> pl.DataFrame:
         """Per document: characters, Han ratio, average line length, repeated n-gram fraction, blocklist hits per line."""
+        import polars as pl
+
         as_list = texts.to_list()
         c = codepoint_measures(as_list)
         lines = np.maximum(c["lines"], 1)
@@ -137,6 +142,8 @@ class Filters:
 
     def decide(self, m: pl.DataFrame) -> tuple[pl.Series, dict[str, int]]:
         """`reasons` from measures already taken."""
+        import polars as pl
+
         fails = self.failures(m)
         reason = np.full(len(m), None, dtype=object)
         for name in FILTERS:

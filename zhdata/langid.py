@@ -15,8 +15,10 @@ markup and before OpenCC (t2s would turn Japanese 東京 into 东京).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 _SAME = {"zh-Hant": "zh"}
 
@@ -38,6 +40,7 @@ def _identify_one(detect, text: str) -> tuple[str | None, float]:
 
 def identify(texts: pl.Series) -> pl.DataFrame:
     """Per document: `lang` (ISO 639-1 code, null where CLD2 finds none) and `lang_score` (share of the text)."""
+    import polars as pl
     import pycld2
 
     clean = texts.str.replace_all(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", "")  # CLD2 refuses control characters
@@ -66,6 +69,8 @@ class LangFilter:
 
     def reasons(self, ident: pl.DataFrame) -> pl.Series:
         """Drop reason per document: `wrong_language`, `low_lang_score`, or null."""
+        import polars as pl
+
         if not self.langs:
             return pl.Series("reason", [None] * len(ident), dtype=pl.String)
         ok = ident["lang"].is_in(list(self.langs)).fill_null(False)

@@ -11,8 +11,10 @@ what the page says, and the repetition and Chinese-ratio filters judge it afterw
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 KINDS = ("roff", "html", "wiki", "markdown")
 HTML_MODES = ("main", "text", "keep")
@@ -125,6 +127,8 @@ def html_main_text(docs: list[str]) -> list[str | None]:
 
 def detect(s: pl.Series, kinds: tuple[str, ...] = KINDS) -> pl.Series:
     """Markup kind per document (null for plain text), the first of `kinds` with enough signals."""
+    import polars as pl
+
     signals = {"roff": _ROFF_LINE, "html": _HTML_SIGNAL, "wiki": _WIKI_SIGNAL, "markdown": _MD_SIGNAL}
     kind = pl.Series("markup", [None] * len(s), dtype=pl.String)
     for k in reversed(kinds):  # the first kind in order wins: set it last
@@ -159,6 +163,8 @@ class Markup:
     def apply(self, texts: pl.Series) -> tuple[pl.Series, pl.DataFrame, dict[str, int]]:
         """(texts with markup turned to text, per document `markup` kind and `markup_frac` = share of characters
         removed, per `markup_KIND` the number of documents rewritten)."""
+        import polars as pl
+
         texts = texts.cast(pl.String)
         kind = detect(texts, self.kinds())
         before = texts.str.len_chars()

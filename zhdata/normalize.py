@@ -10,8 +10,10 @@ import html
 import unicodedata
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 OPENCC_MODES = ("none", "t2s", "tw2s", "tw2sp", "hk2s", "t2tw", "s2t", "s2tw", "s2twp", "t2hk", "s2hk", "jp2t", "t2jp")
 STEPS = ("convert", "unicode", "ansi", "control", "html", "fullwidth", "whitespace")
@@ -61,6 +63,8 @@ class Normalizer:
 
     def apply(self, texts: pl.Series) -> tuple[pl.Series, dict[str, int]]:
         """Return normalised texts and, per step, how many texts that step changed."""
+        import polars as pl
+
         changed: dict[str, int] = {}
 
         def step(name: str, new: pl.Series) -> pl.Series:
@@ -96,6 +100,8 @@ class Normalizer:
 
 
 def _strip_html(s: pl.Series) -> pl.Series:
+    import polars as pl
+
     s = s.str.replace_all(_HTML_COMMENT, "").str.replace_all(_HTML_TAG, "")
     has_entity = s.str.contains(_ENTITY)
     if not has_entity.any():
@@ -110,6 +116,8 @@ def _strip_html(s: pl.Series) -> pl.Series:
 
 def normalize_text(text: str, normalizer: Normalizer | None = None) -> str:
     """Normalise one string (convenience wrapper over `Normalizer.apply`)."""
+    import polars as pl
+
     out, _ = (normalizer or Normalizer()).apply(pl.Series([text]))
     return out[0]
 

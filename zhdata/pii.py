@@ -18,8 +18,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 PII_TYPES = ("email", "phone", "id_number", "bank_card", "ip")
 PII_MODES = ("redact", "drop", "keep")
@@ -137,6 +139,8 @@ class Pii:
 
     def scan(self, texts: pl.Series) -> tuple[pl.Series, pl.DataFrame]:
         """(redacted texts, per document a `pii_TYPE` count column per type); only candidate documents reach Python."""
+        import polars as pl
+
         idx = texts.str.contains(_CANDIDATE).fill_null(False).arg_true().to_list()
         counts = {t: [0] * len(texts) for t in PII_TYPES}
         vals = texts.to_list()
@@ -154,6 +158,8 @@ class Pii:
     def apply(self, texts: pl.Series, count: bool = False) -> tuple[pl.Series, pl.DataFrame, pl.Series, dict[str, int]]:
         """(texts, per-type counts, drop reason per document (`pii_TYPE`, the first type found; null = kept),
         documents redacted per type as `pii_TYPE`). `keep` looks for nothing (null counts) unless `count`."""
+        import polars as pl
+
         reason = pl.Series("reason", [None] * len(texts), dtype=pl.String)
         if self.mode == "keep" and not count:  # nothing looked for: no cost
             nulls = pl.DataFrame({f"pii_{t}": pl.Series([None] * len(texts), dtype=pl.Int32) for t in PII_TYPES})

@@ -14,12 +14,13 @@ import multiprocessing as mp
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
-
-import polars as pl
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from .errors import InputError
 from .manifest import MANIFEST, describe_input
+
+if TYPE_CHECKING:  # the annotation only: importing this module must not load polars (tests/test_cli.py)
+    import polars as pl
 
 T = TypeVar("T")
 R = TypeVar("R")

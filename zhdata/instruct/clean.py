@@ -13,12 +13,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
-
-import polars as pl
+from typing import TYPE_CHECKING, Sequence
 
 from ..normalize import Normalizer
 from .formats import Conversation
+
+if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
+    import polars as pl
 
 # Boilerplate that marks a response as a refusal or as another assistant's identity (matched case-insensitively,
 # spaces between words optional, after normalisation).
@@ -143,6 +144,8 @@ class Cleaner:
 
     @staticmethod
     def _flat(convs: list[Conversation], role: str | None) -> tuple[pl.Series, list[tuple[int, int]]]:
+        import polars as pl
+
         texts, where = [], []
         for i, v in enumerate(convs):
             for k, (r, c) in enumerate(v.messages):
@@ -164,6 +167,8 @@ class Cleaner:
 
     def _garbled(self, convs) -> list[bool]:
         """Any turn or the system prompt holds U+FFFD, a GBK/MSVC fill pattern, or two or more mojibake sequences."""
+        import polars as pl
+
         s, where = self._flat(convs, None)
         t = pl.col("t")
         expr = (t.str.contains(_GARBLED) | (t.str.count_matches(_MOJIBAKE) >= 2)).alias("x")
@@ -199,6 +204,8 @@ class Cleaner:
         return kept
 
     def _normalize(self, convs: list[Conversation], modified: Counter) -> None:
+        import polars as pl
+
         s, where = self._flat(convs, None)
         out, changed = self.cfg.normalizer.apply(s)
         stripped = out.str.strip_chars()
@@ -257,6 +264,8 @@ class Cleaner:
 
     def _chinese_ratio(self, convs, role: str) -> list[float | None]:
         """Han / (Han + Latin letters) over the turns of `role`; None when they hold neither."""
+        import polars as pl
+
         s, where = self._flat(convs, role)
         han = [0] * len(convs)
         latin = [0] * len(convs)

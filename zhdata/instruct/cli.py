@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorPolicy, InputError
 from ..lock import locked_output
@@ -15,8 +15,9 @@ from ..readers import add_read_options, expand_inputs, read_options, split_compr
 from ..shards import check_output_folder
 from .clean import DEFAULT_REFUSALS, CleanConfig, instruct_normalizer, load_phrases
 from .formats import FORMATS, PREFERENCE_MODES, parse_columns
-from .pipeline import BASE_SCHEMA, InstructOptions, Source, run_instruct
-from .recipe import load_recipe, resolve_sources
+
+if TYPE_CHECKING:  # the pipeline (polars, pyarrow) is imported when the command runs, not for --help
+    from .pipeline import Source
 
 # Options a recipe's [options] may set; the command line wins over the recipe, the recipe over these defaults.
 DEFAULTS: dict[str, Any] = {
@@ -98,6 +99,8 @@ def _options(args: argparse.Namespace, recipe_options: dict[str, Any]) -> dict[s
 
 
 def _sources(args: argparse.Namespace, o: dict[str, Any], warnings: list[str]) -> list[Source]:
+    from .pipeline import Source
+
     cols, entry_fmt = parse_columns(o["columns"])
     fmt = o["format"] if o["format"] != "auto" else entry_fmt
     policy = ErrorPolicy(o["on_error"])
@@ -114,6 +117,9 @@ def _sources(args: argparse.Namespace, o: dict[str, Any], warnings: list[str]) -
 
 @locked_output("output")
 def run(args: argparse.Namespace) -> int:
+    from .pipeline import BASE_SCHEMA, InstructOptions, run_instruct
+    from .recipe import load_recipe, resolve_sources
+
     recipe = None
     if args.recipe:
         if args.inputs or not args.data_dir:
