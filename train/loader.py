@@ -29,6 +29,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralExperts, Mixtral
 from zhdata.errors import InputError
 
 from .quant import LoraRouter, NF4LoraExperts, set_child, to_linear4bit
+from .sharding import ExpertPlacement, PlacedExperts
 
 INDEX_FILE, SINGLE_FILE = "model.safetensors.index.json", "model.safetensors"
 FLOAT_DTYPES = {"F16", "BF16", "F32"}
@@ -162,16 +163,18 @@ def _set_param(root: nn.Module, name: str, t: torch.Tensor, requires_grad: bool)
 
 def materialize_layer(layer: nn.Module, prefix: str, source, device: torch.device, dtype: torch.dtype, *,
                       lora_r: int, lora_alpha: float, lora_dropout: float = 0.0, expert_lora: bool = True,
-                      router_lora: bool = True, blocksize: int = 64) -> None:
+                      router_lora: bool = True, blocksize: int = 64, placement: ExpertPlacement | None = None) -> None:
     """Fill one meta decoder layer from `source` (`Checkpoint` or any object with its `tensor`/`expert`):
-    `nn.Linear` → NF4 `Linear4bit`, `MixtralExperts` → `NF4LoraExperts`, router → `LoraRouter` (fp32, LoRA when
-    asked), every other parameter (norms) fp32; all on `device`."""
+    `nn.Linear` → NF4 `Linear4bit`, `MixtralExperts` → `NF4LoraExperts` (`PlacedExperts`, only this rank's
+    experts read, with a `placement`), router → `LoraRouter` (fp32, LoRA when asked), every other parameter
+    (norms) fp32; all on `device`."""
     for name, mod in list(layer.named_modules()):
         full = prefix + name
         if isinstance(mod, MixtralExperts):
-            new = NF4LoraExperts(mod.num_experts, mod.hidden_dim, mod.intermediate_dim, mod.act_fn,
-                                 lambda e, w, full=full, mod=mod: source.expert(full, e, w, mod, dtype), device, dtype,
-                                 lora_r if expert_lora else 0, lora_alpha, lora_dropout, blocksize)
+            args = (mod.num_experts, mod.hidden_dim, mod.intermediate_dim, mod.act_fn,
+                    lambda e, w, full=full, mod=mod: source.expert(full, e, w, mod, dtype), device, dtype,
+                    lora_r if expert_lora else 0, lora_alpha, lora_dropout, blocksize)
+            new = NF4LoraExperts(*args) if placement is None else PlacedExperts(placement, *args)
         elif isinstance(mod, MixtralTopKRouter) and not isinstance(mod, LoraRouter):
             weight = source.tensor(f"{full}.weight", tuple(mod.weight.shape), torch.float32).to(device)
             if not router_lora:
@@ -227,12 +230,17 @@ def output_embedding_name(model: nn.Module) -> str:
 def load_nf4(model_dir: str | Path, device: torch.device, dtype: torch.dtype, *, progress: bool = True,
              checkpoint: Checkpoint | None = None, **lora) -> nn.Module:
     """The model of `model_dir/config.json`, streamed from its safetensors into NF4 (see the module docstring).
-    `checkpoint`: pass one to read its `meter` afterwards."""
+    `checkpoint`: pass one to read its `meter` afterwards. `lora`: `materialize_layer`'s keywords (with
+    `placement`, only this rank's experts are read)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise InputError(model_dir, None, "not a Hugging Face model folder (no config.json)")
     ckpt = checkpoint or Checkpoint(model_dir)
-    model = skeleton(AutoConfig.from_pretrained(model_dir), dtype)
+    config = AutoConfig.from_pretrained(model_dir)
+    model = skeleton(config, dtype)
     materialize(model, ckpt, device, dtype, progress=progress, **lora)
-    ckpt.check_all_used({output_embedding_name(model)} if tied_embeddings(model) else set())
+    unread = {output_embedding_name(model)} if tied_embeddings(model) else set()
+    if lora.get("placement") is not None and getattr(config, "num_local_experts", 0):
+        unread |= lora["placement"].unheld_keys(ckpt.file_of, config.num_local_experts)
+    ckpt.check_all_used(unread)
     return model

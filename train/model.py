@@ -30,6 +30,7 @@ from .config import RunConfig
 from .loader import load_nf4
 from .quant import (EXPERT_ADAPTER_NAMES, MOE_ADAPTER_NAMES, LoraRouter, NF4LoraExperts, enable_moe_adapters,
                     load_moe_adapter_state, module_type, moe_adapter_state, setup_summary)
+from .sharding import ExpertPlacement
 
 ADAPTER_DIR, TOKENIZER_DIR = "adapter", "tokenizer"
 META_FILE, MOE_FILE, EMB_FILE = "zh_adapt.json", "moe_adapter.safetensors", "embeddings.safetensors"
@@ -67,13 +68,14 @@ def is_moe(model) -> bool:
 
 def load_quantized(model_dir: str | Path, device: torch.device, dtype: torch.dtype, *, lora_r: int, lora_alpha: float,
                    lora_dropout: float = 0.0, expert_lora: bool = True, router_lora: bool = True, blocksize: int = 64,
-                   progress: bool = True):
+                   progress: bool = True, placement: ExpertPlacement | None = None):
     """The base model with every decoder `nn.Linear` and MoE expert matrix in NF4 (double quantisation),
     streamed from the checkpoint's safetensors one tensor at a time (`train/loader.py`) and quantized onto
     `device`; LoRA factors on experts and router are created here (peft adds the attention ones in
-    `attach_adapters`)."""
+    `attach_adapters`). `placement`: hold only this rank's experts (`train/sharding.py`)."""
     return load_nf4(model_dir, device, dtype, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                    expert_lora=expert_lora, router_lora=router_lora, blocksize=blocksize, progress=progress)
+                    expert_lora=expert_lora, router_lora=router_lora, blocksize=blocksize, progress=progress,
+                    placement=placement)
 
 
 def peft_config(cfg: RunConfig, new_token_ids: list[int] | None, inference: bool = False) -> LoraConfig:
