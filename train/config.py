@@ -48,6 +48,7 @@ class RunConfig:
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in backward"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", "choices": ("auto", "bf16", "fp32")})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    shard: str = field(default="none", metadata={"help": "under torchrun: none (DDP, every GPU holds the whole 4-bit model) or experts (each of N GPUs holds E/N experts of every MoE layer; tokens exchanged all-to-all)", "choices": ("none", "experts")})
     seed: int = field(default=42, metadata={"help": "seed of initialisation, data order and dropout"})
     save_every: int = field(default=500, metadata={"help": "checkpoint every N optimizer steps (0 = only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})

@@ -102,8 +102,10 @@ def attach_adapters(model, cfg: RunConfig, new_token_ids: list[int] | None = Non
     return pm
 
 
-def analytic_trainable(config, cfg: RunConfig, moe: bool, new_rows: int, vocab_rows: int) -> dict[str, int]:
-    """Trainable parameters per module type from the model's dimensions alone."""
+def analytic_trainable(config, cfg: RunConfig, moe: bool, new_rows: int, vocab_rows: int,
+                       expert_shards: int = 1) -> dict[str, int]:
+    """Trainable parameters per module type from the model's dimensions alone (on one rank of
+    `expert_shards` that split the experts, `train/sharding.py`)."""
     h = config.hidden_size
     hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q, kv, inter = config.num_attention_heads * hd, config.num_key_value_heads * hd, config.intermediate_size
@@ -115,7 +117,7 @@ def analytic_trainable(config, cfg: RunConfig, moe: bool, new_rows: int, vocab_r
         kind = "attention" if t in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
         out[kind] = out.get(kind, 0) + n_layers * r * sum(dims[t])
     if moe and cfg.expert_lora:
-        e = config.num_local_experts
+        e = config.num_local_experts // expert_shards
         out["experts"] = n_layers * e * 3 * r * (h + inter)  # w1, w2, w3: r x (in + out) each
     if moe and cfg.router_lora:
         out["router"] = n_layers * r * (h + config.num_local_experts)
@@ -125,9 +127,9 @@ def analytic_trainable(config, cfg: RunConfig, moe: bool, new_rows: int, vocab_r
     return dict(sorted(out.items()))
 
 
-def verify_setup(model, cfg: RunConfig, new_rows: int = 0) -> dict:
+def verify_setup(model, cfg: RunConfig, new_rows: int = 0, expert_shards: int = 1) -> dict:
     """Setup summary + the checks that refuse a run: every expert matrix 4-bit, every target adapted and
-    trainable, trainable parameters per module type equal to the analytic count."""
+    trainable, trainable parameters per module type equal to the analytic count (of this rank's experts)."""
     summary = setup_summary(model)
     problems: list[str] = []
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -150,7 +152,7 @@ def verify_setup(model, cfg: RunConfig, new_rows: int = 0) -> dict:
                 isinstance(mod, LoraLayer) and all(p.requires_grad for p in mod.lora_A.parameters())):
             problems.append(f"{name} has no trainable LoRA adapter")
     vocab_rows = base.get_input_embeddings().weight.shape[0]
-    expected = analytic_trainable(base.config, cfg, moe, new_rows, vocab_rows)
+    expected = analytic_trainable(base.config, cfg, moe, new_rows, vocab_rows, expert_shards)
     if expected != summary["trainable_params"]:
         problems.append(f"trainable parameters {summary['trainable_params']} differ from the analytic count {expected}")
     summary["analytic_trainable_params"] = expected
@@ -172,11 +174,13 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def save_adapter(model: PeftModel, out_dir: Path, cfg: RunConfig, vocab_rows: int) -> None:
-    """Write `out_dir/adapter` in the format described in the module docstring."""
+def save_adapter(model: PeftModel, out_dir: Path, cfg: RunConfig, vocab_rows: int,
+                 moe_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `out_dir/adapter` in the format described in the module docstring. `moe_state`: the expert and
+    router factors when the model holds only some experts (`train.sharding.full_moe_adapter_state`)."""
     adir = out_dir / ADAPTER_DIR
     model.save_pretrained(adir)
-    save_file(moe_adapter_state(model), adir / MOE_FILE)
+    save_file(moe_adapter_state(model) if moe_state is None else moe_state, adir / MOE_FILE)
     base = model.get_base_model()
     if cfg.vocab == "ext" or cfg.embeddings != "frozen":
         save_file({"embed_tokens": _effective_rows(model, "embed_tokens"), "lm_head": _effective_rows(model, "lm_head")},

@@ -17,7 +17,7 @@ halves the checkpoint bytes each rank reads. Pipeline stages would leave N-1 GPU
 scheduling the loop does not have.
 
 What a sharded run does differently, and where: `PlacedExperts` (the exchange) is built by the loader;
-`wrap_for_ranks` leaves the held experts out of DDP and scales their gradients as DDP scales the others';
+`wrap_placed` leaves the held experts out of DDP and scales their gradients as DDP scales the others';
 `clip_grad_norm_` takes the norm over all ranks' experts; `full_moe_adapter_state` gathers the adapter for
 saving; checkpoints keep one file of held experts per rank.
 """
@@ -37,7 +37,7 @@ from zhdata.errors import InputError
 
 from .quant import EXPERT_ADAPTER_NAMES, NF4LoraExperts, _init_lora_pair, moe_adapter_state
 
-SHARD_MODES = ("none", "experts")
+SHARD_MODES = ("none", "experts")  # RunConfig.shard's choices
 _EXPERT_KEY = re.compile(r"\.experts\.(\d+)\.")
 _HELD_BY_RANK = "_zh_held_by_rank"  # attribute set on the parameters only this rank holds
 
@@ -141,7 +141,7 @@ def is_held_by_rank(p: torch.Tensor) -> bool:
     return getattr(p, _HELD_BY_RANK, False)
 
 
-def wrap_for_ranks(model: nn.Module, placement: ExpertPlacement | None, device: torch.device) -> nn.Module:
+def wrap_placed(model: nn.Module, placement: ExpertPlacement | None, device: torch.device) -> nn.Module:
     """DDP over the replicated parameters. With expert placement, the held experts are left out of DDP (its
     start-up broadcast from rank 0 would overwrite them) and their gradients are divided by the world size, as
     DDP divides the averaged ones: each rank's loss is scaled by the world size (see the training step), and an
@@ -161,15 +161,14 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, placement: Expe
     experts added (so all ranks clip by the same factor and stay in step)."""
     if placement is None:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params if p.grad is not None]
     held = [p.grad for p in params if p.grad is not None and is_held_by_rank(p)]
     shared = [p.grad for p in params if p.grad is not None and not is_held_by_rank(p)]
-    dev = grads[0].device
+    dev = (held or shared)[0].device
     sq = torch.nn.utils.get_total_norm(held).to(dev) ** 2 if held else torch.zeros((), device=dev)
     sq = sq.to(placement.comm_device(dev))
     dist.all_reduce(sq, group=placement.group)
     total = (sq.to(dev) + (torch.nn.utils.get_total_norm(shared).to(dev) ** 2 if shared else 0.0)).sqrt()
-    torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
 
 
@@ -185,3 +184,14 @@ def full_moe_adapter_state(model: nn.Module, placement: ExpertPlacement | None) 
             dist.all_gather(parts, v.to(dev), group=placement.group)
             state[k] = torch.cat(parts).cpu()
     return state
+
+
+def placement_summary(model: nn.Module, summary: dict, placement: ExpertPlacement) -> dict:
+    """For the manifest: experts per rank and the expert NF4 bytes each rank holds (call on every rank)."""
+    dev = placement.comm_device(next(model.parameters()).device)
+    mine = torch.tensor([summary["weight_bytes"].get("experts", {}).get("nf4", 0)], device=dev)
+    parts = [torch.empty_like(mine) for _ in range(placement.world)]
+    dist.all_gather(parts, mine, group=placement.group)
+    experts = model.config.get_text_config().num_local_experts
+    return {"mode": "experts", "experts_per_rank": len(placement.held(experts)),
+            "expert_bytes_per_rank": [int(t) for t in parts]}
