@@ -33,8 +33,8 @@ RUN_FLAGS = ["--max-steps", "2", "--micro-batch-size", "1", "--lora-r", "16", "-
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write(work: Path) -> None:
-    """A bf16 checkpoint in the Hub's layout (per-expert keys, 3 shards, index), written shard by shard."""
+def write(work: Path, dims: dict = WIDE) -> None:
+    """A bf16 checkpoint of `dims` in the Hub's layout (per-expert keys, 3 shards, index), written shard by shard."""
     import torch
     from safetensors.torch import save_file
     from transformers import MixtralConfig
@@ -43,7 +43,7 @@ def write(work: Path) -> None:
     from tokenizer.spm import load_proto
     from zhdata.pack.packer import PackOptions, pack
 
-    cfg = MixtralConfig(**WIDE)
+    cfg = MixtralConfig(**dims)
     h, i, e, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts, cfg.num_hidden_layers
     kv = cfg.num_key_value_heads * h // cfg.num_attention_heads
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h)}

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -37,6 +36,7 @@ from .config import RunConfig, to_toml
 from .data import batch_indices, check_dataset, micro_batches_per_epoch, model_inputs, open_packed
 from .model import (TOKENIZER_DIR, SetupError, attach_adapters, compute_dtype, format_summary, is_moe, load_quantized,
                     pick_device, run_autocast, save_adapter, verify_setup)
+from .sharding import ExpertPlacement, clip_grad_norm_, full_moe_adapter_state, placement_summary, wrap_placed
 
 LOG_FILE, CKPT_DIR = "log.jsonl", "checkpoints"
 
@@ -93,13 +93,19 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world: int, keep: int) -> None:
+def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world: int, keep: int,
+                    sharded: bool = False) -> None:
+    """`sharded` (`--shard experts`): every rank writes its own trainable weights and optimizer state."""
     ck = out / CKPT_DIR / f"step-{state['step']:07d}"
     ck.mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(), ck / f"rng-{rank}.pt")
+    if rank == 0 or sharded:
+        part = f"-{rank}" if sharded else ""
+        torch.save({n: p.detach().cpu() for n, p in _trainable(model).items()}, ck / f"trainable{part}.pt")
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, ck / f"optimizer{part}.pt")
+    if sharded:
+        dist.barrier()  # every rank's part is written before state.json marks the checkpoint whole
     if rank == 0:
-        torch.save({n: p.detach().cpu() for n, p in _trainable(model).items()}, ck / "trainable.pt")
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, ck / "optimizer.pt")
         (ck / "state.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
         for old in sorted((out / CKPT_DIR).glob("step-*"))[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -181,18 +187,20 @@ def _short(v) -> str:
     return repr(v[:12] + "…" if isinstance(v, str) and len(v) == 64 else v)  # sha256s cut to 12 hex digits
 
 
-def load_checkpoint(ck: Path, model, opt, sched, rank: int) -> dict:
-    """Restore trainable weights, optimizer, schedule and this rank's RNG from `ck` (checked by find_checkpoint)."""
+def load_checkpoint(ck: Path, model, opt, sched, rank: int, sharded: bool = False) -> dict:
+    """Restore trainable weights, optimizer, schedule and this rank's RNG from `ck` (checked by find_checkpoint);
+    `sharded`: this rank's own part (see `save_checkpoint`)."""
     state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
     params = _trainable(model)
-    saved = torch.load(ck / "trainable.pt", map_location="cpu")
+    part = f"-{rank}" if sharded else ""
+    saved = torch.load(ck / f"trainable{part}.pt", map_location="cpu")
     if set(saved) != set(params):
-        raise InputError(ck, "trainable.pt", "checkpoint does not match this run's adapters",
+        raise InputError(ck, f"trainable{part}.pt", "checkpoint does not match this run's adapters",
                          hint="resume with the same model, vocab and LoRA settings")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(saved[n])
-    o = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=False)
+    o = torch.load(ck / f"optimizer{part}.pt", map_location="cpu", weights_only=False)
     opt.load_state_dict(o["optimizer"])
     sched.load_state_dict(o["scheduler"])
     rng = ck / f"rng-{rank}.pt"
@@ -227,18 +235,20 @@ def _n_chars(tokenizer, batch: dict) -> int:
 
 @dataclass(frozen=True)
 class Ranks:
-    """Where this process trains: its rank among `world` processes, its device and compute dtype."""
+    """Where this process trains: its rank among `world` processes, its device and compute dtype, and which
+    experts it holds (`--shard experts`; None: all)."""
     rank: int
     world: int
     device: torch.device
     dtype: torch.dtype
+    placement: ExpertPlacement | None = None
 
 
 def setup_ranks(cfg: RunConfig) -> Ranks:
     """Join the process group (under torchrun), pick this rank's device and the compute dtype."""
     rank, world, local_rank = init_distributed()
     device = pick_device(cfg.device, local_rank)
-    return Ranks(rank, world, device, compute_dtype(device, cfg.precision))
+    return Ranks(rank, world, device, compute_dtype(device, cfg.precision), ExpertPlacement.create(cfg.shard, rank, world))
 
 
 @dataclass
@@ -282,7 +292,7 @@ def setup_model(cfg: RunConfig, ranks: Ranks, tok_dir: Path, manifest: Manifest,
     resize details and warnings go into `manifest`."""
     model = load_quantized(cfg.model, ranks.device, ranks.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                            lora_dropout=cfg.lora_dropout, expert_lora=cfg.expert_lora, router_lora=cfg.router_lora,
-                           blocksize=cfg.quant_blocksize, progress=progress and ranks.rank == 0)
+                           blocksize=cfg.quant_blocksize, progress=progress and ranks.rank == 0, placement=ranks.placement)
     new_ids: list[int] = []
     if cfg.vocab == "ext":
         from tokenizer.embeddings import resize_and_init
@@ -301,7 +311,7 @@ def setup_model(cfg: RunConfig, ranks: Ranks, tok_dir: Path, manifest: Manifest,
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pm = attach_adapters(model, cfg, new_ids)
-    summary = verify_setup(pm, cfg, len(new_ids))
+    summary = verify_setup(pm, cfg, len(new_ids), ranks.placement.world if ranks.placement else 1)
     if ranks.rank == 0:
         print(format_summary(summary), flush=True)
     if summary["problems"]:
@@ -310,13 +320,13 @@ def setup_model(cfg: RunConfig, ranks: Ranks, tok_dir: Path, manifest: Manifest,
 
 
 def wrap_for_ranks(model, ranks: Ranks) -> torch.nn.Module:
-    """What the forward and backward run through: `model` itself in one process, DDP (a whole model per rank,
-    gradients averaged) under torchrun. Parameters keep their names and identity, so the optimizer and
-    checkpoints work on `model`."""
+    """What the forward and backward run through: `model` itself in one process, DDP (gradients averaged) under
+    torchrun, over the whole model or, with `--shard experts`, over all but this rank's experts
+    (`train/sharding.py`). Parameters keep their names and identity, so the optimizer and checkpoints work on
+    `model`."""
     if ranks.world == 1:
         return model
-    return DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    return wrap_placed(model, ranks.placement, ranks.device)
 
 
 def total_steps(cfg: RunConfig, n_sequences: int, world: int) -> int:
@@ -378,7 +388,7 @@ class Trainer:
             sums = _all_reduce(sums, device)
             sums[1] /= world
         params = list(_trainable(self.model).values())
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        norm = clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"), self.ranks.placement)
         lr = self.sched.get_last_lr()[0]
         self.opt.step()
         self.sched.step()
@@ -426,7 +436,8 @@ def run_steps(tr: Trainer, data: RunData, state: dict, total: int, log: Path, pr
                         tok_s=f"{record['tokens_per_s']:.0f}")
         bar.update(1)
         if state["step"] == last_step or (cfg.save_every > 0 and state["step"] % cfg.save_every == 0):
-            save_checkpoint(Path(cfg.output_dir), tr.model, tr.opt, tr.sched, state, rank, tr.ranks.world, cfg.keep_checkpoints)
+            save_checkpoint(Path(cfg.output_dir), tr.model, tr.opt, tr.sched, state, rank, tr.ranks.world, cfg.keep_checkpoints,
+                            tr.ranks.placement is not None)
     bar.close()
     return record
 
@@ -446,14 +457,15 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     opt, sched = setup_optimizer(cfg, model, ranks.device, total)
     state = {"step": 0, "tokens": 0, "chars": 0, "train_s": 0.0, "run": identity}
     if ck is not None:
-        state = load_checkpoint(ck, model, opt, sched, ranks.rank)
+        state = load_checkpoint(ck, model, opt, sched, ranks.rank, ranks.placement is not None)
     tr = Trainer(cfg, ranks, model, net, opt, sched, data.tokenizer)
     log = start_output(cfg, state, ranks.rank)
     record = run_steps(tr, data, state, total, log, progress)
 
     finished = state["step"] >= total
+    placed = ranks.placement is not None  # then every rank takes part in each forward
     val = (_val_loss(cfg, model, data.pad_id, ranks.device, run_autocast(ranks.device, ranks.dtype))
-           if finished and ranks.rank == 0 else None)
+           if finished and (ranks.rank == 0 or placed) else None)
     result = {"steps": state["step"], "total_steps": total, "finished": finished, "tokens": state["tokens"],
               "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val}
     manifest.extra.update({"tokenizer": {"fingerprint": data.tok_sha, "path": str(data.tok_dir.resolve())},
@@ -461,20 +473,26 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                                     "manifest_sha256": identity["data_manifest_sha256"]},
                            "setup": summary, "train": result, "world_size": ranks.world, "device": str(ranks.device),
                            "compute_dtype": str(ranks.dtype).removeprefix("torch.")})
+    moe_state = None
+    if placed:
+        manifest.extra["sharding"] = placement_summary(model, summary, ranks.placement)
+        moe_state = full_moe_adapter_state(model, ranks.placement) if finished else None
     if ranks.rank == 0:
         write_outputs(cfg, model, data, manifest, state["step"] * cfg.grad_accum * cfg.micro_batch_size * ranks.world,
-                      finished)
+                      finished, moe_state)
     if ranks.world > 1:
         dist.barrier()
     return manifest.to_dict()
 
 
-def write_outputs(cfg: RunConfig, model, data: RunData, manifest: Manifest, sequences: int, finished: bool) -> None:
-    """Rank 0: the run's tokenizer, the adapter (finished runs only) and manifest.json."""
+def write_outputs(cfg: RunConfig, model, data: RunData, manifest: Manifest, sequences: int, finished: bool,
+                  moe_state: dict | None = None) -> None:
+    """Rank 0: the run's tokenizer, the adapter (finished runs only; `moe_state`: the experts gathered from all
+    ranks under `--shard experts`) and manifest.json."""
     out = Path(cfg.output_dir)
     copy_tokenizer_files(data.tok_dir, out / TOKENIZER_DIR)
     if finished:
-        save_adapter(model, out, cfg, model.get_base_model().get_input_embeddings().weight.shape[0])
+        save_adapter(model, out, cfg, model.get_base_model().get_input_embeddings().weight.shape[0], moe_state)
     manifest.add_inputs([p for p in (data.manifest, data.tok_dir / "tokenizer.json", Path(cfg.model) / "config.json")
                          if p.exists()])
     manifest.counts.records_in = manifest.counts.records_out = sequences
