@@ -99,3 +99,55 @@ def test_expert_placement_splits_evenly_or_refuses():
     assert ExpertPlacement(1, 4).held(8) == range(2, 4)
     keys = [f"model.layers.0.block_sparse_moe.experts.{e}.w1.weight" for e in range(4)] + ["model.norm.weight"]
     assert ExpertPlacement(1, 2).unheld_keys(keys, 4) == set(keys[:2])
+
+
+def _layer_worker(rank: int, port: int, route_to: int) -> None:
+    """One MoE layer's experts placed over 2 ranks against the whole layer on each rank; every pair routed to
+    experts of rank `route_to`'s half, so the other rank receives nothing and must still take part."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from torch.nn import functional as F
+
+    from train.quant import NF4LoraExperts
+    from train.sharding import PlacedExperts
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))  # a hang fails
+    shapes = {"w1": (32, 16), "w2": (16, 32), "w3": (32, 16)}
+    read = lambda e, w: torch.randn(shapes[w], generator=torch.Generator().manual_seed(10 * e + int(w[1]))) * 0.1  # noqa: E731
+    args = (4, 16, 32, F.silu, read, torch.device("cpu"), torch.float32, 2, 4.0)
+    torch.manual_seed(0)
+    whole = NF4LoraExperts(*args)
+    torch.manual_seed(0)
+    placed = PlacedExperts(ExpertPlacement.create("experts", rank, 2), *args)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in shapes:
+            b = torch.randn(getattr(whole, f"{w}_B").shape, generator=g)
+            getattr(whole, f"{w}_B").copy_(b)
+            getattr(placed, f"{w}_B").copy_(b[2 * rank:2 * rank + 2])
+            assert torch.equal(getattr(placed, f"{w}_A"), getattr(whole, f"{w}_A")[2 * rank:2 * rank + 2])
+    g = torch.Generator().manual_seed(2 + rank)  # each rank its own tokens
+    h = torch.randn(6, 16, generator=g, requires_grad=True)
+    idx = torch.stack([torch.randperm(2, generator=g) + 2 * route_to for _ in range(6)])
+    wts = torch.rand(6, 2, generator=g).requires_grad_()
+    out_whole, out_placed = whole(h, idx, wts), placed(h, idx, wts)
+    assert torch.allclose(out_placed, out_whole, atol=1e-6)
+    (gw_h, gw_w) = torch.autograd.grad((out_whole ** 2).sum(), (h, wts), retain_graph=True)
+    (out_placed ** 2).sum().backward()
+    assert torch.allclose(h.grad, gw_h, atol=1e-5) and torch.allclose(wts.grad, gw_w, atol=1e-5)
+    # a held expert's gradient sums what both ranks' tokens sent it
+    whole.zero_grad()
+    (out_whole ** 2).sum().backward()
+    for w in shapes:
+        full = getattr(whole, f"{w}_B").grad.clone()
+        dist.all_reduce(full)
+        mine = getattr(placed, f"{w}_B").grad  # None: no token came to this rank
+        mine = torch.zeros_like(full[:2]) if mine is None else mine
+        assert torch.allclose(mine, full[2 * rank:2 * rank + 2], atol=1e-5), w
+    dist.destroy_process_group()
+
+
+def test_placed_experts_equal_the_whole_layer_even_when_a_rank_receives_nothing():
+    mp.start_processes(_layer_worker, args=(_free_port(), 0), nprocs=2, start_method="spawn", join=True)

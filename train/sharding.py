@@ -109,7 +109,7 @@ class PlacedExperts(NF4LoraExperts):
         with torch.random.fork_rng(devices=rng_devices):  # the draws below replace these
             super().__init__(len(held), hidden_dim, intermediate_dim, act_fn, lambda e, w: read(held.start + e, w),
                              device, compute_dtype, r, alpha, dropout, blocksize)
-        self.placement, self.first, self.total_experts = placement, held.start, num_experts
+        self.placement = placement
         if r:  # the unsharded module's draws, sliced: a sharded run starts from the very same adapters
             for w, (out_f, in_f) in self.shapes().items():
                 a = torch.empty(num_experts, r, in_f, device=device, dtype=torch.float32)
@@ -130,6 +130,8 @@ class PlacedExperts(NF4LoraExperts):
         x = _Exchange.apply(hidden_states[token].to(dev), recv, send, group).to(hidden_states.device)
         local = _all_to_all((expert % n).to(dev), recv, send, group).to(hidden_states.device)
         y = super().forward(x, local[:, None], x.new_ones(len(local), 1))
+        if x.requires_grad and not y.requires_grad:  # no pair came here: keep both exchanges in the backward,
+            y = y + x.sum() * 0  # or the other ranks would wait for this one's gradient all-to-alls forever
         y = _Exchange.apply(y.to(dev), send, recv, group).to(hidden_states.device)
         out = torch.zeros_like(hidden_states)
         out.index_add_(0, token, (y * top_k_weights.reshape(-1)[order, None]).to(out.dtype))
