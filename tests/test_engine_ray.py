@@ -5,9 +5,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from test_pack_pt import tok_dir  # noqa: F401  (a fixture: the Mixtral tokenizer folder)
 from zhdata.cli import main
 
 GOOD = "这是一段正常的中文文本，内容比较充实，没有什么问题。\n第二行也是正常的句子，长度合适。"
@@ -84,3 +86,50 @@ def test_a_worker_killed_mid_clean_is_retried_by_ray_to_the_same_output(ray_clus
         os.kill(pid, 0)  # that worker is really gone; its task ran again elsewhere
     assert _shards(local) == _shards(tmp_path / "ray")
     assert _manifest(local) == _manifest(tmp_path / "ray")
+
+
+def _bins(out):
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
+
+
+def _pack(inputs, tok, out, mode, *extra):
+    return main(["pack", str(inputs), "--tokenizer", str(tok), "-o", str(out), "--mode", mode, "--block-size", "64",
+                 "--val-fraction", "0.2", "-q", *extra])
+
+
+def test_pack_pt_on_ray_equals_local_even_with_a_worker_killed(ray_cluster, cleaned, tok_dir, tmp_path, monkeypatch):
+    _, shards = cleaned  # 13 Parquet shards: a piece each
+    assert _pack(shards, tok_dir, tmp_path / "local", "pt") == 0
+    monkeypatch.setenv("ZHDATA_FAULT_KILL_ONCE", f"2:{tmp_path / 'killed'}")
+    assert _pack(shards, tok_dir, tmp_path / "ray", "pt", "--engine", "ray") == 0
+    assert (tmp_path / "killed").exists()
+    local = _bins(tmp_path / "local")
+    assert set(local) == {f"{s}.{k}.bin" for s in ("train", "val") for k in ("tokens", "docs", "blocks")}
+    assert len(local["train.tokens.bin"]) > 10_000 and len(local["val.tokens.bin"]) > 1_000
+    assert local == _bins(tmp_path / "ray")
+    assert _manifest(tmp_path / "local") == _manifest(tmp_path / "ray")
+    assert not (tmp_path / "ray" / ".pack-work").exists()
+
+
+FIX = Path(__file__).parent / "fixtures" / "instruct"
+
+
+def test_instruct_and_pack_sft_on_ray_equal_local(ray_cluster, tok_dir, tmp_path):
+    common = ["--on-error", "skip", "--batch-size", "2"]  # several batches per file: stage shards and output parts
+    assert main(["instruct", str(FIX), "-o", str(tmp_path / "i-local"), *common]) == 0
+    assert main(["instruct", str(FIX), "-o", str(tmp_path / "i-ray"), *common, "--engine", "ray"]) == 0
+    local = _shards(tmp_path / "i-local")
+    assert len(local) == 10 and local == _shards(tmp_path / "i-ray")
+    m = _manifest(tmp_path / "i-local")  # 25 read from 5 files, refusals, near duplicates across files, ...
+    assert m["counts"]["records_out"] == 17 and m["counts"]["dropped"] == {
+        "ends_without_assistant": 1, "near_dup_prompt": 6, "refusal": 1}
+    assert {k: v for k, v in m.items() if k != "instruct"} == {k: v for k, v in _manifest(tmp_path / "i-ray").items() if k != "instruct"}
+    timings = ("timings",)  # the only part of the instruct report that differs between two runs
+    strip = lambda d: {k: v for k, v in d["instruct"].items() if k not in timings}  # noqa: E731
+    assert strip(m) == strip(_manifest(tmp_path / "i-ray"))
+
+    assert _pack(tmp_path / "i-local", tok_dir, tmp_path / "p-local", "sft", "--block-size", "512") == 0
+    assert _pack(tmp_path / "i-local", tok_dir, tmp_path / "p-ray", "sft", "--block-size", "512", "--engine", "ray") == 0
+    local = _bins(tmp_path / "p-local")
+    assert "train.labels.bin" in local and local == _bins(tmp_path / "p-ray")
+    assert _manifest(tmp_path / "p-local") == _manifest(tmp_path / "p-ray")

@@ -9,7 +9,8 @@ so a retried task leaves no trace of its first attempt. A killed driver is resum
 shards are skipped), as with the local engine.
 
 Fault injection for tests: `ZHDATA_FAULT_KILL_ONCE=INDEX:MARKER` in the driver's environment kills (SIGKILL) the
-worker running task INDEX of the next map, once (MARKER, a file path, records that it happened).
+worker running task INDEX of the next map, once (MARKER, a file path, records that it happened), after the task's
+work and before its result is handed in: the worst moment, its outputs written and then written again by the retry.
 """
 
 from __future__ import annotations
@@ -107,13 +108,13 @@ def _stage(fn_bytes: bytes, fault: tuple[int, str] | None) -> Callable[[dict], d
         fn = pickle.loads(fn_bytes)
         out = []
         for index, task in zip(batch["index"], batch["task"]):
-            if fault is not None and int(index) == fault[0] and not Path(fault[1]).exists():
-                Path(fault[1]).write_text(str(os.getpid()))
-                os.kill(os.getpid(), signal.SIGKILL)
             try:
                 value: Any = fn(pickle.loads(task))
             except InputError as e:
                 value = _Failed(e)
+            if fault is not None and int(index) == fault[0] and not Path(fault[1]).exists():
+                Path(fault[1]).write_text(str(os.getpid()))  # dies with the task's work done, its result not handed in
+                os.kill(os.getpid(), signal.SIGKILL)
             out.append(pickle.dumps(value))
         return {"result": out}
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..engine import add_engine_options, engine_from_args
 from ..errors import ErrorPolicy, InputError
 from ..lock import locked_output
 from ..manifest import Manifest
@@ -34,6 +35,7 @@ examples:
   zhdata instruct data/ --split-turns --tokenizer tok/ --max-tokens 1024 -o sft/
   zhdata instruct qa.jsonl --columns prompt=question,response=answer -o sft/
   zhdata instruct --recipe manifests/aurora-sft.toml --data-dir downloads/ -o aurora-sft/
+  zhdata instruct data/ -o sft/ --engine ray --ray-address auto   # a file per Ray task; dedup on the driver
 
 Each input file is one source named after the file (or all of them --source NAME). Output: part-*.parquet
 with id, source, system, messages (list of {role, content}; roles user/assistant/tool), origin (file:line),
@@ -92,6 +94,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--split-turns", action=argparse.BooleanOptionalAction, help="each assistant turn its own example with the "
                    "earlier turns as history (as Aurora did); default: conversations stay whole")
     g.add_argument("--batch-size", type=int, help="records per batch and stage shard (default 10000)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=1, help="input files read and cleaned at once (default 1); with "
+                   "--engine ray and no --ray-address, the CPUs of the local Ray")
+    add_engine_options(g)
 
 
 def _options(args: argparse.Namespace, recipe_options: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if recipe:
         manifest.extra["recipe"] = recipe.info
     check_output_folder(args.output, args.inputs)  # folders given: the output must not be read by the next run
-    run_instruct(sources, Path(args.output), cfg, manifest, tokenizer)
+    if args.workers < 1:
+        raise InputError("(command line)", None, "--workers must be at least 1")
+    run_instruct(sources, Path(args.output), cfg, manifest, tokenizer, engine_from_args(args))
     print(format_table(manifest, sources, recipe.info if recipe else {}))
     return 0
 

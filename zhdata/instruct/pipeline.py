@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..engine import Engine, LocalEngine
 from ..errors import ErrorPolicy, InputError
 from ..manifest import Counts, Manifest
 from ..readers import ReadOptions, iter_records, plan_pieces
@@ -67,7 +68,9 @@ def schema(keep: tuple[str, ...]) -> pa.Schema:
     return pa.schema(list(BASE_SCHEMA) + [pa.field(k, pa.string()) for k in keep])
 
 
-def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, manifest: Manifest, tokenizer=None) -> Manifest:
+def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, manifest: Manifest, tokenizer=None,
+                 engine: Engine | None = None) -> Manifest:
+    """Read, clean (a file per task on `engine`; default this process), deduplicate and write `sources`."""
     check_output_folder(out_dir, [f for s in sources for f in s.files])
     out_dir.mkdir(parents=True, exist_ok=True)
     # the old output goes as a whole: a failed rerun must not leave a manifest describing deleted parts
@@ -82,26 +85,25 @@ def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, man
     shard_sources: list[int] = []  # source index of every stage shard
     row_sources: list[np.ndarray] = []
     files_info: list[dict] = []
+    tasks = [(path, src, cfg, cleaner) for src in sources for path in src.files]
+    results = (engine or LocalEngine(1)).map(clean_file, tasks)
+    serial = {src.name: 0 for src in sources}  # ids number a source's conversations across its files
     with tqdm(desc="instruct: read+clean", unit=" rec", mininterval=1.0) as bar:
-        for si, src in enumerate(sources):
+        for (path, src, _, _), res in zip(tasks, results):
+            si = sources.index(src)
             counts = manifest.source(src.name)
-            serial = 0
-            for path in src.files:
-                fmt_seen: Counter = Counter()
-                before_in = counts.records_in
-                for batch, n_read, skipped in _batches(path, src, cfg, policy, fmt_seen):
-                    counts.records_in += n_read
-                    counts.dropped.update(skipped)
-                    bar.update(n_read)
-                    kept = cleaner.clean(batch, src.english, counts.dropped, counts.modified)
-                    if not kept:
-                        continue
-                    serial = _write_stage(work, len(shard_sources), src.name, kept, serial, cfg.keep)
-                    finder.add([v.system for v in kept], [v.messages for v in kept])
-                    shard_sources.append(si)
-                    row_sources.append(np.full(len(kept), si, dtype=np.int32))
-                files_info.append({"path": str(path), "source": src.name, "format": dict(fmt_seen),
-                                   "records": counts.records_in - before_in})
+            counts.records_in += res["read"]
+            counts.dropped.update(res["dropped"])
+            counts.modified.update(res["modified"])
+            bar.update(res["read"])
+            for kept in res["batches"]:
+                serial[src.name] = _write_stage(work, len(shard_sources), src.name, kept, serial[src.name], cfg.keep)
+                finder.add([v.system for v in kept], [v.messages for v in kept])
+                shard_sources.append(si)
+                row_sources.append(np.full(len(kept), si, dtype=np.int32))
+            policy.examples.extend(res["examples"][: max(0, 20 - len(policy.examples))])
+            policy.empty_files.extend(res["empty_files"])
+            files_info.append({"path": str(path), "source": src.name, "format": res["format"], "records": res["read"]})
     t_read = time.time()
     exact, near, roots = finder.decide()
     t_dedup = time.time()
@@ -126,6 +128,22 @@ def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, man
     }
     manifest.write(out_dir)
     return manifest
+
+
+def clean_file(task: tuple[Path, Source, InstructOptions, Cleaner]) -> dict[str, Any]:
+    """The per-file stage, run by an engine: parse and clean one file in batches; the kept conversations of each
+    batch (ids are given by the caller, in input order), records read, dropped and modified by reason."""
+    path, src, cfg, cleaner = task
+    policy, fmt_seen = ErrorPolicy(cfg.on_error), Counter()
+    read, dropped, modified, batches = 0, Counter(), Counter(), []
+    for batch, n_read, skipped in _batches(path, src, cfg, policy, fmt_seen):
+        read += n_read
+        dropped.update(skipped)
+        kept = cleaner.clean(batch, src.english, dropped, modified)
+        if kept:
+            batches.append(kept)
+    return {"batches": batches, "read": read, "dropped": dropped, "modified": modified, "format": dict(fmt_seen),
+            "examples": policy.examples, "empty_files": policy.empty_files}
 
 
 def _batches(path: Path, src: Source, cfg: InstructOptions, policy: ErrorPolicy,

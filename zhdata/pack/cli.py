@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine import add_engine_options, engine_from_args
 from ..lock import locked_output
+from ..errors import InputError
 from ..readers import add_read_options, read_options
 
 
@@ -31,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         packing=args.packing, overlong=args.overlong, max_context=args.max_context, on_error=args.on_error,
         overwrite=args.overwrite, progress=not args.quiet, read=read_options(args),
     )
-    m = pack(args.inputs, args.tokenizer, args.out, o)
+    if args.workers < 1:
+        raise InputError("(command line)", None, "--workers must be at least 1")
+    m = pack(args.inputs, args.tokenizer, args.out, o, engine_from_args(args))
     p = m.extra["pack"]
     print(f"packed {m.counts.records_out:,} of {m.counts.records_in:,} {'documents' if o.mode == 'pt' else 'conversations'} "
           f"into {p['blocks']:,} blocks of {p['block_size']} ({p['tokens']:,} tokens, {p['tokens_per_char']} tokens/char, "
@@ -56,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`from zhdata.pack import PackedDataset, collate_packed`.",
         epilog="examples:\n"
         "  zhdata pack clean/ --tokenizer tok/mixtral -o packed/pt --mode pt --block-size 1024\n"
-        "  zhdata pack instruct/ --tokenizer tok/mixtral -o packed/sft --mode sft --packing bfd --block-size 4096",
+        "  zhdata pack instruct/ --tokenizer tok/mixtral -o packed/sft --mode sft --packing bfd --block-size 4096\n"
+        "  zhdata pack clean/ --tokenizer tok/mixtral -o packed/pt --mode pt --engine ray --ray-address auto",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="files or folders: Parquet shards (or JSONL) with a 'text' column (pt) "
@@ -80,5 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bad records (malformed, no assistant turn, ...) and files of unknown format in input folders: "
                    "stop with an error (default) or skip and count them")
     add_read_options(p)
+    p.add_argument("--workers", type=int, default=1, help="processes tokenising input pieces at once (default 1: the "
+                   "tokenizer already uses every core); with --engine ray and no --ray-address, the CPUs of the local Ray")
+    add_engine_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished pack in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..engine import Engine, LocalEngine
 from ..errors import ErrorPolicy, InputError
 from ..manifest import MANIFEST, Counts, Manifest
 from ..readers import ReadOptions, expand_inputs, iter_records, plan_pieces
@@ -23,6 +25,7 @@ from .store import INDEX_DTYPE, SPLITS, SplitWriter, open_array, split_file, tok
 from .tokfolder import TokenizerFolder, load_tokenizer_folder
 
 PROGRESS = "progress.json"
+WORK = ".pack-work"  # each piece's split files, written by the task that packs it, until appended
 LAYOUT_VERSION = 1
 
 
@@ -170,33 +173,80 @@ def _pack_bfd(out: Path, split: str, stage: dict[str, Path], dtype: np.dtype, B:
     del tokens, labels
 
 
-def _stream(pieces: list, encoder, writers: dict[str, SplitWriter], state: dict, out: Path, o: PackOptions,
-            policy: ErrorPolicy, counts: Counts, stats: Counter) -> None:
-    """Encode every unfinished piece into the split writers; after each piece, sync and record progress."""
-    done = set(state["done"])
-    bar = tqdm(total=len(pieces), initial=len(done), unit="piece", disable=not o.progress, desc=f"pack {o.mode}")
+def encode_piece(task: tuple) -> dict[str, Any]:
+    """The per-piece stage, run by an engine: one input piece through the mode's encoder into its own split files
+    in `spill` (a SplitWriter per split, bounded memory), returning the piece's counts. Pure but for that folder,
+    which it starts afresh, so a retried task leaves nothing of its first attempt."""
+    piece, tok_path, fingerprint, o, spill = task
+    encoder = _encoder(tok_path, fingerprint, o)
+    spill = Path(spill)
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    writers = {s: SplitWriter(spill, s, _DTYPE[tok_path, fingerprint], encoder.with_mask) for s in SPLITS}
+    policy, counts, stats = ErrorPolicy(o.on_error), Counts(), Counter()
     try:
-        for piece in pieces:
-            key = f"{piece.path}#{piece.part}"
-            if key in done:
-                continue
-            for batch in _batches(piece, policy, o):
-                for split, (ids, lengths, mask) in encoder.encode(batch, piece.path, policy, counts, stats).items():
-                    writers[split].append(ids, lengths, mask)
-                bar.set_postfix(tokens=f"{sum(w.n_tokens for w in writers.values()):,}", refresh=False)
-            counts.records_in += sum(policy.skipped.values())  # records the policy skipped are read and dropped
-            counts.dropped.update(policy.skipped)
-            policy.skipped.clear()
+        for batch in _batches(piece, policy, o):
+            for split, (ids, lengths, mask) in encoder.encode(batch, piece.path, policy, counts, stats).items():
+                writers[split].append(ids, lengths, mask)
+    finally:
+        for w in writers.values():
+            w.close()
+    counts.records_in += sum(policy.skipped.values())  # records the policy skipped are read and dropped
+    counts.dropped.update(policy.skipped)
+    return {"counts": counts.to_dict(), "stats": dict(stats), "examples": policy.examples, "empty_files": policy.empty_files}
+
+
+_ENCODERS: dict[tuple, Any] = {}  # per process: the encoder of the last tokenizer and options, built once
+_DTYPE: dict[tuple, np.dtype] = {}
+
+
+def _encoder(tok_path: str, fingerprint: str, o: PackOptions, tok: TokenizerFolder | None = None):
+    """The encoder for these options, built once per process (from `tok` if given, else loaded from `tok_path`)."""
+    key = (tok_path, fingerprint, o.mode, o.val_fraction, o.bos, o.block_size, o.overlong)
+    if key not in _ENCODERS:
+        tok = tok or load_tokenizer_folder(tok_path)
+        if tok.fingerprint != fingerprint:
+            raise InputError(tok_path, None, "the tokenizer changed while packing", "rerun to pack with the new one")
+        try:
+            encoder = PretrainEncoder(tok, o.val_fraction, o.bos) if o.mode == "pt" else SftEncoder(tok, o.val_fraction, o.block_size, o.overlong)
+        except ValueError as e:
+            raise InputError(tok.path, None, str(e)) from None
+        _ENCODERS.clear()
+        _ENCODERS[key] = encoder
+        _DTYPE[tok_path, fingerprint] = token_dtype(tok.vocab_size)
+    return _ENCODERS[key]
+
+
+def _stream(pieces: list, tok: TokenizerFolder, engine: Engine, writers: dict[str, SplitWriter], state: dict, out: Path,
+            o: PackOptions, policy: ErrorPolicy, counts: Counts, stats: Counter) -> None:
+    """Encode every unfinished piece on `engine`; append the pieces in input order and, after each, sync and record
+    progress."""
+    done = set(state["done"])
+    todo = [p for p in pieces if f"{p.path}#{p.part}" not in done]
+    work = out / WORK
+    tasks = [(p, str(tok.path), tok.fingerprint, o, str(work / f"piece-{k:06d}")) for k, p in enumerate(todo)]
+    bar = tqdm(total=len(pieces), initial=len(pieces) - len(todo), unit="piece", disable=not o.progress, desc=f"pack {o.mode}")
+    try:
+        for piece, task, res in zip(todo, tasks, engine.map(encode_piece, tasks)):
+            for split, w in writers.items():
+                w.append_split(Path(task[-1]), split)
+            shutil.rmtree(task[-1])
+            counts.merge(Counts.from_dict(res["counts"]))
+            stats.update(res["stats"])
+            policy.examples.extend(res["examples"][: max(0, 20 - len(policy.examples))])
+            policy.empty_files.extend(res["empty_files"])
             for w in writers.values():
                 w.sync()
-            state["done"].append(key)
+            state["done"].append(f"{piece.path}#{piece.part}")
             state.update(sizes={s: w.sizes() for s, w in writers.items()}, counts=counts.to_dict(), stats=dict(stats))
             _save_progress(out, state)
+            bar.set_postfix(tokens=f"{sum(w.n_tokens for w in writers.values()):,}", refresh=False)
             bar.update(1)
     finally:
         bar.close()
         for w in writers.values():
             w.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _summary(tok: TokenizerFolder, o: PackOptions, dtype: np.dtype, splits: dict, counts: Counts, stats: Counter) -> dict:
@@ -217,8 +267,10 @@ def _summary(tok: TokenizerFolder, o: PackOptions, dtype: np.dtype, splits: dict
     return info
 
 
-def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: PackOptions) -> Manifest:
-    """Pack `inputs` with the tokenizer folder into `out` (resuming an interrupted run); returns the manifest."""
+def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: PackOptions,
+         engine: Engine | None = None) -> Manifest:
+    """Pack `inputs` with the tokenizer folder into `out` (resuming an interrupted run); returns the manifest. The
+    pieces are tokenised on `engine` (default: this process), appended in input order."""
     tok = load_tokenizer_folder(tokenizer)
     _check_options(tok, o)
     if o.mode == "pt" and o.bos is None:
@@ -231,10 +283,7 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     described, identity = run_inputs(files)
     params = _params(tok, o, identity)
     state = _prepare_out(out, params, o.overwrite) or {"params": params, "done": [], "sizes": None, "counts": None, "stats": {}}
-    try:
-        encoder = PretrainEncoder(tok, o.val_fraction, o.bos) if o.mode == "pt" else SftEncoder(tok, o.val_fraction, o.block_size, o.overlong)
-    except ValueError as e:
-        raise InputError(tok.path, None, str(e)) from None
+    encoder = _encoder(str(tok.path), tok.fingerprint, o, tok)  # its errors (no EOS, no BOS) before anything runs
     dtype = token_dtype(tok.vocab_size)
     writers = {s: SplitWriter(out, s, dtype, encoder.with_mask, "stage." if o.mode == "sft" else "") for s in SPLITS}
     if state["sizes"]:
@@ -244,7 +293,8 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     stats: Counter = Counter(state["stats"])
     m = Manifest(f"zhdata pack --mode {o.mode}", {**params, "inputs": [str(f) for f in files]})
     m.inputs.extend(described)
-    _stream(pieces, encoder, writers, state, out, o, policy, counts, stats)
+    engine = engine or LocalEngine(1)
+    _stream(pieces, tok, engine, writers, state, out, o, policy, counts, stats)
     if counts.records_out == 0:
         raise InputError(inputs[0], None, f"no {'document' if o.mode == 'pt' else 'conversation'} could be packed "
                          f"(read {counts.records_in}, dropped {dict(counts.dropped)})")
@@ -252,6 +302,7 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     m.counts = counts
     m.warnings += policy.examples + [f"empty file: {f}" for f in policy.empty_files] + policy.skipped_files
     m.extra["tokenizer"] = tok.describe()
+    m.extra["engine"] = engine.describe()
     m.extra["pack"] = _summary(tok, o, dtype, splits, counts, stats)
     m.write(out)
     for p in [out / PROGRESS, *out.glob("*.stage.*.bin")]:  # kept until now so that a crash while finishing can resume

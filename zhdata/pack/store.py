@@ -12,6 +12,7 @@ requested block is read.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,21 @@ class SplitWriter:
             self.files["labels"].write(mask.astype(np.uint8, copy=False).tobytes())
         self.n_tokens += len(ids)
         self.n_docs += len(lengths)
+
+    def append_split(self, src: Path, split: str) -> None:
+        """Append, streaming, the split that another SplitWriter wrote into folder `src` (one piece, packed by a
+        worker): its tokens and mask as they are, its document starts shifted to follow what is here."""
+        for k, f in self.files.items():
+            part = split_file(src, split, k)
+            if k == "docs":
+                starts = np.fromfile(part, dtype=INDEX_DTYPE)  # 8 bytes per document
+                f.write((starts + self.n_tokens).astype(INDEX_DTYPE).tobytes())
+                added_docs = len(starts)
+            else:
+                with open(part, "rb") as g:
+                    shutil.copyfileobj(g, f, 1 << 22)
+        self.n_tokens += split_file(src, split, "tokens").stat().st_size // self.dtype.itemsize
+        self.n_docs += added_docs
 
     def sizes(self) -> dict[str, int]:
         return {"tokens": self.n_tokens, "docs": self.n_docs}
