@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,25 @@ def test_instruct_and_pack_sft_on_ray_equal_local(ray_cluster, tok_dir, tmp_path
     local = _bins(tmp_path / "p-local")
     assert "train.labels.bin" in local and local == _bins(tmp_path / "p-ray")
     assert _manifest(tmp_path / "p-local") == _manifest(tmp_path / "p-ray")
+
+
+def test_a_killed_ray_driver_resumes_from_its_finished_shards(ray_cluster, tmp_path):
+    src = _corpus(tmp_path, n=1000)  # 40 files: 40 pieces
+    assert main(["clean", str(src), "-o", str(tmp_path / "local"), "--workers", "2", *CLEAN]) == 0
+    out = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "zhdata.cli", "clean", str(src), "-o", str(out), "--engine", "ray",
+           "--ray-address", ray_cluster, *CLEAN]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list((out / ".parts").glob("part-*.json")) and driver.poll() is None:
+        time.sleep(0.01)
+    driver.kill()  # SIGKILL: no cleanup, its lock left behind
+    driver.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert not (out / "manifest.json").exists() and 0 < len(finished) < 40
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming:" in r.stdout + r.stderr and "stale lock" in r.stderr
+    assert _shards(tmp_path / "local") == _shards(out)
+    assert _manifest(tmp_path / "local") == _manifest(out)
+    kept = {n for n, t in finished.items() if (out / n).stat().st_mtime_ns == t}
+    assert kept, "the rerun rewrote every shard the killed run had finished"

@@ -43,7 +43,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **local: A
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, **local)
+            # "local": a new Ray for this run, even where `ray start` left a cluster's address on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, **local)
     except ConnectionError as e:
         raise InputError("--ray-address", None, f"cannot reach a Ray cluster at {address}: {e}",
                          "start one with `ray start --head`, or leave --ray-address out for a local Ray") from None
