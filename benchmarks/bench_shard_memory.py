@@ -39,10 +39,12 @@ def rank(work: Path, shard: str, tag: str) -> None:
     """One rank of a run (started by torchrun): train, then write this rank's memory figures."""
     import torch
 
+    import train.loop  # noqa: F401 (the run's imports, before the baseline)
     from train.cli import main
 
     torch.set_num_threads(1)
-    peak, stop = [_rss_anon()], threading.Event()
+    base = _rss_anon()
+    peak, stop = [base], threading.Event()
 
     def sample():
         while not stop.is_set():
@@ -55,7 +57,7 @@ def rank(work: Path, shard: str, tag: str) -> None:
     stop.set()
     r = int(os.environ.get("RANK", "0"))
     out = {"rank": r, "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 3),
-           "peak_anon_gib": round(max(peak[0], _rss_anon()) / GiB, 3)}
+           "peak_anon_gib": round(max(peak[0], _rss_anon()) / GiB, 3), "anon_after_imports_gib": round(base / GiB, 3)}
     (work / f"rss-{tag}-{r}.json").write_text(json.dumps(out))
 
 
@@ -81,9 +83,8 @@ def measure(work: Path) -> None:
 
 def _expert_bytes(manifest: dict) -> list[int]:
     """Expert NF4 bytes held by each rank (the setup check of rank 0, or every rank's under --shard experts)."""
-    extra = manifest.get("extra", manifest)
-    per_rank = extra.get("sharding", {}).get("expert_bytes_per_rank")
-    return per_rank or [extra["setup"]["weight_bytes"]["experts"]["nf4"]] * extra.get("world_size", 1)
+    per_rank = manifest.get("sharding", {}).get("expert_bytes_per_rank")
+    return per_rank or [manifest["setup"]["weight_bytes"]["experts"]["nf4"]] * manifest["world_size"]
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ EPILOG = """examples:
   train run --model mixtral/ --data packed-pt/ --stage pt --vocab orig --max-steps 5 --output-dir out/
   train run --model mixtral/ --data packed-pt-ext/ --vocab ext --tokenizer tok-ext/ --embeddings new --output-dir out-ext/
   train run --config manifests/chinese-mixtral-pt.toml --model mixtral/ --data packed/ --output-dir out/ --lr 5e-5
-  torchrun --nproc-per-node 2 -m train.cli run --config RUN.toml          (DDP)
+  torchrun --nproc-per-node 2 -m train.cli run --config RUN.toml          (DDP: each GPU holds the whole model)
+  torchrun --nproc-per-node 8 -m train.cli run --config RUN.toml --shard experts   (each GPU holds E/8 experts per layer)
   train run --config out/run.toml --resume auto                           (continue after a stop)
 
 The setup summary (4-bit vs 16-bit bytes and trainable parameters per module type, checked against the

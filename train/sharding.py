@@ -194,6 +194,6 @@ def placement_summary(model: nn.Module, summary: dict, placement: ExpertPlacemen
     mine = torch.tensor([summary["weight_bytes"].get("experts", {}).get("nf4", 0)], device=dev)
     parts = [torch.empty_like(mine) for _ in range(placement.world)]
     dist.all_gather(parts, mine, group=placement.group)
-    experts = model.config.get_text_config().num_local_experts
+    experts = getattr(model.config.get_text_config(), "num_local_experts", 0)  # 0: a dense model, nothing placed
     return {"mode": "experts", "experts_per_rank": len(placement.held(experts)),
             "expert_bytes_per_rank": [int(t) for t in parts]}
