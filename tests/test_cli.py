@@ -86,14 +86,18 @@ def test_plots_leave_the_backend_alone(tmp_path):
     code = f"""
 import matplotlib
 matplotlib.use("svg")
+from pathlib import Path
+from tokenizer.report import chart
 from train.plots import heatmap, lines
 lines({{"a": ([1, 2, 4], [3.0, 2.0, 1.5])}}, {str(tmp_path / "l.png")!r}, "t", "x", "y", logx=True)
 heatmap([[0.1, -0.2], [0.3, 0.0]], {str(tmp_path / "h.png")!r}, "t", "c", center_zero=True)
+chart({{"corpora": {{"zh": {{"a": {{"chars_per_token": 1.5}}, "b": {{"chars_per_token": 2.0}}}}}}, "tokenizers": {{"a": {{}}, "b": {{}}}}}},
+      Path({str(tmp_path / "c.png")!r}))
 print(matplotlib.get_backend())
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "svg"
-    for name in ("l.png", "h.png"):
+    for name in ("l.png", "h.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

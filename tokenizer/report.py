@@ -101,15 +101,17 @@ def render_markdown(result: dict) -> str:
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Characters per token, a bar per tokenizer and corpus. Drawn on an Agg canvas without pyplot (as
+    train/plots.py), so the process keeps its matplotlib backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     corpora = list(result["corpora"])
     names = list(result["tokenizers"])
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(corpora) * len(names) / 2), 4.5))
+    fig = Figure(figsize=(max(6, 1.6 * len(corpora) * len(names) / 2), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     x = np.arange(len(corpora))
     for k, name in enumerate(names):
         vals = [result["corpora"][c][name]["chars_per_token"] for c in corpora]
@@ -121,7 +123,6 @@ def chart(result: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @locked_output("out")
