@@ -29,6 +29,7 @@ import polars as pl  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from corpus_texts import load_texts  # noqa: E402
 from zhdata.readers import expand_inputs, iter_records  # noqa: E402
 
 _LAYOUTS = [
@@ -122,13 +123,7 @@ def bench_html(a: argparse.Namespace) -> dict:
 
 
 def _corpus_batches(corpus: str, limit_mb: float | None, batch: int = 20_000) -> list[pl.Series]:
-    texts, size = [], 0
-    for f in expand_inputs([corpus]):
-        for _, r in iter_records(f):
-            texts.append(r["text"])
-            size += len(r["text"].encode())
-        if limit_mb and size > limit_mb * 1e6:
-            break
+    texts = load_texts(corpus, limit_mb)
     return [pl.Series(texts[i:i + batch]) for i in range(0, len(texts), batch)]
 
 

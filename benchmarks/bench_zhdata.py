@@ -35,18 +35,7 @@ from zhdata.minhash import optimal_bands, signatures  # noqa: E402
 from zhdata.lsh import band_keys  # noqa: E402
 from zhdata.normalize import Normalizer, dedupe_key, opencc_convert  # noqa: E402
 from zhdata.ngrams import codepoints, ngram_hashes  # noqa: E402
-from zhdata.readers import expand_inputs, iter_records  # noqa: E402
-
-
-def load_texts(corpus: str, limit_mb: float | None = None) -> list[str]:
-    texts, size = [], 0
-    for f in expand_inputs([corpus]):
-        for _, r in iter_records(f):
-            texts.append(r["text"])
-            size += len(r["text"].encode())
-            if limit_mb and size > limit_mb * 1e6:
-                return texts
-    return texts
+from corpus_texts import load_texts  # noqa: E402
 
 
 def mb(texts: list[str]) -> float:
