@@ -8,6 +8,7 @@ import random
 import numpy as np
 import polars as pl
 
+from train.evaluate import doc_key
 from zhdata.dedupe import DedupeOptions, run_dedupe
 from zhdata.hashing import hash64
 from zhdata.instruct.dedup import DuplicateFinder
@@ -67,6 +68,10 @@ def _conversations() -> list[tuple[None, list[tuple[str, str]]]]:
 
 def test_hash64_and_pack_split_are_unchanged():
     assert [hash64(s) for s in STRINGS] == HASH
+    # train eval's per-document keys (bpc.json, paired by train compare) were blake2b hex digests before they
+    # became hash64 in hex: the same strings
+    assert [doc_key(s) for s in STRINGS] == ["e4a6a0577479b2b4", "40f89e395b66422f", "56f47a285f34f541",
+                                             "1915a8b4741f5873", "1ee8635fe0355db0", "4ecf8f0e10bb2aec"]
     assert [i for i in range(300) if split_of(f"doc-{i}", 0.1) == "val"] == VAL
     assert split_of("doc-4", 0) == "train"
 

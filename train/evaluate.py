@@ -9,7 +9,6 @@ per-token perplexity is reported too, but it is NOT comparable across vocabulari
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
+from zhdata.hashing import hash64
 from zhdata.lock import locked_output, output_lock
 from zhdata.manifest import Manifest, file_sha256
 from zhdata.readers import DEFAULT_MAX_RECORD_MB, ReadOptions, add_read_options
@@ -68,8 +68,8 @@ class EvalOptions:
 
 
 def doc_key(text: str) -> str:
-    """Identity of a held-out document, so that two runs' per-document results can be paired."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+    """Identity of a held-out document, so that two runs' per-document results can be paired (`hash64` in hex)."""
+    return f"{hash64(text):016x}"
 
 
 def bpc_of_texts(model: Any, tok: Any, texts: list[str], window: int, stride: int | None = None,
