@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from tokenizer.cli import main
 from tokenizer.corpus import has_cjk, iter_texts
-from tokenizer.extend import build, select
+from tokenizer.extend import ExtendOptions, build, extend_tokenizer, select
 from tokenizer.parity import compare, load_pair
 from tokenizer.reach import unreachable
 from tokenizer.spm import load_proto, processor
@@ -125,13 +125,15 @@ def test_manifest_records_checks_and_is_reproducible_from_pieces(ext, tmp_path):
     assert m["tokenizer"]["file_sha256"] == file_sha256(ext / "tokenizer.json")
     assert m["tokenizer"]["fingerprint"] == load_tokenizer_folder(ext).fingerprint
     assert m["counts"]["records_in"] == m["counts"]["records_out"] > 0
-    # the base may be a Hugging Face tokenizer folder (here made by `tokenizer convert`) as well as a .model file
+    # the base may be a Hugging Face tokenizer folder (here made by `tokenizer convert`) as well as a .model file;
+    # the library function (what `train quickstart` calls) writes what the command wrote
     base_dir = tmp_path / "base"
     assert main(["convert", str(MIXTRAL), "-o", str(base_dir)]) == 0
     again = tmp_path / "again"
-    assert main(["extend", "--base", str(base_dir), "--pieces", str(ext / "source_pieces.model"), "--add", str(ADD),
-                 "-o", str(again), "--check-corpus", str(TEXT)]) == 0
+    m2 = extend_tokenizer(base_dir, again, ADD, pieces=ext / "source_pieces.model",
+                          opts=ExtendOptions(check_corpus=(str(TEXT),)))
     assert file_sha256(again / "tokenizer.json") == file_sha256(ext / "tokenizer.json")
+    assert m2.extra["checks"]["parity_mismatched"] == 0 and read_manifest(again)["params"]["add"] == ADD
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):

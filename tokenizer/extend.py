@@ -23,9 +23,9 @@ import argparse
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2 as pb
@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from zhdata.errors import ErrorPolicy, InputError
 from zhdata.lock import locked_output
-from zhdata.manifest import Manifest, cli_params, file_sha256
+from zhdata.manifest import Manifest, file_sha256
 from zhdata.pack.tokfolder import load_tokenizer_folder
-from zhdata.readers import read_options
+from zhdata.readers import ReadOptions, read_options
 
 from .convert import write_hf_folder
 from .corpus import CJK_RE, has_cjk, sample_texts
@@ -215,54 +215,82 @@ def extend(base: pb.ModelProto, pool: list[str], n: int, out: str | Path, check_
     return proto, sel, checks
 
 
-@locked_output("out")
-def run(args: argparse.Namespace) -> int:
-    if (args.corpus is None) == (args.pieces is None):
+@dataclass(frozen=True)
+class ExtendOptions:
+    """Settings of `tokenizer extend` besides its inputs (each the `--flag` of the same name)."""
+
+    zh_vocab_size: int | None = None  # of the Chinese model trained on the corpus; None: 1.6 x add + 4000
+    priority: str = "after-base"
+    order: str = "chars-first"
+    check_corpus: tuple[str, ...] = ()  # text for the parity and round-trip checks; () = the corpus
+    check_chars: int = 1_000_000
+    text_field: str = "text"
+    max_chars: int | None = None
+    max_sentences: int = 2_000_000
+    character_coverage: float = 0.9995
+    threads: int | None = None
+    on_error: str = "stop"
+    read: ReadOptions = ReadOptions()
+
+    def params(self) -> dict:
+        return {**{f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                   for f in fields(self) if f.name != "read"}, **self.read.params()}
+
+
+def extend_tokenizer(base: str | Path, out: str | Path, add: int, corpus: Sequence[str | Path] = (),
+                     pieces: str | Path | None = None, opts: ExtendOptions = ExtendOptions()) -> Manifest:
+    """`tokenizer extend`: `base` (a .model or a folder holding tokenizer.model) with exactly `add` new Chinese
+    pieces of a BPE model trained on `corpus` (files or folders), or taken from the model `pieces`; writes
+    tokenizer.model, the Hugging Face folder, added_pieces.tsv and manifest.json (with the checks) to `out`."""
+    if bool(corpus) == (pieces is not None):
         raise InputError("tokenizer extend", None, "give either --corpus (train Chinese pieces) or --pieces MODEL",
                          "see tokenizer extend --help")
-    if args.add <= 0:
-        raise InputError("tokenizer extend", None, f"--add must be positive, not {args.add}")
-    out = Path(args.out)
+    if add <= 0:
+        raise InputError("tokenizer extend", None, f"--add must be positive, not {add}")
+    corpus = [str(c) for c in corpus]
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    params = cli_params(args)
+    params = {"base": str(base), "out": str(out), "add": add, "corpus": corpus or None,
+              "pieces": str(pieces) if pieces is not None else None, **opts.params()}
     m = Manifest("tokenizer extend", params)
-    base_file = model_path(args.base)
-    base = load_proto(base_file)
-    if base.trainer_spec.model_type != pb.TrainerSpec.BPE:
+    base_file = model_path(base)
+    base_proto = load_proto(base_file)
+    if base_proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
         raise InputError(base_file, None, "the base is not a BPE SentencePiece model", "extension keeps BPE merge semantics; give a BPE base such as Mixtral's")
     m.add_inputs([base_file])
     t0 = time.time()
-    if args.pieces:
-        src_file = model_path(args.pieces)
+    check_corpus = list(opts.check_corpus)
+    if pieces is not None:
+        src_file = model_path(pieces)
         m.add_inputs([src_file])
         source = load_proto(src_file)
-        check_texts = sample_texts(args.check_corpus, args.check_chars, args.text_field, read_options(args),
-                                   ErrorPolicy(args.on_error)) if args.check_corpus else []
+        check_texts = sample_texts(check_corpus, opts.check_chars, opts.text_field, opts.read,
+                                   ErrorPolicy(opts.on_error)) if check_corpus else []
     else:
-        zh_vocab = args.zh_vocab_size or int(args.add * 1.6) + 4000
-        policy = ErrorPolicy(args.on_error)
+        zh_vocab = opts.zh_vocab_size or int(add * 1.6) + 4000
+        policy = ErrorPolicy(opts.on_error)
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             text = Path(tmp) / "train.txt"
-            m.extra["corpus"] = write_training_text(args.corpus, text, args.text_field, args.max_chars, policy, m, read_options(args))
+            m.extra["corpus"] = write_training_text(corpus, text, opts.text_field, opts.max_chars, policy, m, opts.read)
             print(f"training a {zh_vocab:,}-piece Chinese BPE model on {m.extra['corpus']['chars']:,} characters ...")
-            src_file = train_bpe(text, Path(tmp) / "zh", zh_vocab, args.character_coverage, args.max_sentences, args.threads,
-                                 source=", ".join(args.corpus), hard_limit=False)
+            src_file = train_bpe(text, Path(tmp) / "zh", zh_vocab, opts.character_coverage, opts.max_sentences, opts.threads,
+                                 source=", ".join(corpus), hard_limit=False)
             source = load_proto(src_file)
             (out / "source_pieces.model").write_bytes(src_file.read_bytes())
-        check_texts = sample_texts(args.check_corpus or args.corpus, args.check_chars, args.text_field, read_options(args),
-                                   ErrorPolicy(args.on_error))  # counted once, while training
+        check_texts = sample_texts(check_corpus or corpus, opts.check_chars, opts.text_field, opts.read,
+                                   ErrorPolicy(opts.on_error))  # counted once, while training
     m.extra["source_model"] = {"pieces": len(source.pieces), "seconds": round(time.time() - t0, 2)}
     t1 = time.time()
-    proto, sel, checks = extend(base, candidates(source, args.order), args.add, out, check_texts, args.priority,
-                                source=str(args.pieces or args.corpus[0]))
-    v = len(base.pieces)
+    proto, sel, checks = extend(base_proto, candidates(source, opts.order), add, out, check_texts, opts.priority,
+                                source=str(pieces if pieces is not None else corpus[0]))
+    v = len(base_proto.pieces)
     with open(out / "added_pieces.tsv", "w", encoding="utf-8") as f:
         f.write("id\tpiece\tscore\n")
         for i in range(v, len(proto.pieces)):
             f.write(f"{i}\t{proto.pieces[i].piece}\t{proto.pieces[i].score:.9g}\n")
     m.extra["extension"] = {
-        "priority": args.priority, "base_vocab": v, "added": len(sel.pieces), "vocab_size": len(proto.pieces),
-        "single_characters_added": sum(len(p) == 1 for p in sel.pieces), "order": args.order, "rounds": sel.rounds,
+        "priority": opts.priority, "base_vocab": v, "added": len(sel.pieces), "vocab_size": len(proto.pieces),
+        "single_characters_added": sum(len(p) == 1 for p in sel.pieces), "order": opts.order, "rounds": sel.rounds,
         "candidates_passed_over": dict(sorted(sel.skipped.items())), "dropped_unreachable": len(sel.dropped_unreachable),
         "dropped_unreachable_examples": sel.dropped_unreachable[:30], "seconds": round(time.time() - t1, 2),
     }
@@ -270,9 +298,19 @@ def run(args: argparse.Namespace) -> int:
     m.extra["base"] = {"path": str(base_file.resolve()), "sha256": file_sha256(base_file), "vocab_size": v}
     m.extra["tokenizer"] = load_tokenizer_folder(out).describe()
     m.write(out)
-    print(f"added {len(sel.pieces):,} pieces ({m.extra['extension']['single_characters_added']:,} single characters) → "
-          f"{len(proto.pieces):,}; unreachable new pieces: {checks['unreachable_new']}; non-CJK texts changed: "
-          f"{checks['non_cjk_changed']}/{checks['non_cjk_texts']}; SP/HF mismatches: {checks['parity_mismatched']}; wrote {out}")
+    return m
+
+
+@locked_output("out")
+def run(args: argparse.Namespace) -> int:
+    opts = ExtendOptions(args.zh_vocab_size, args.priority, args.order, tuple(args.check_corpus or ()), args.check_chars,
+                         args.text_field, args.max_chars, args.max_sentences, args.character_coverage, args.threads,
+                         args.on_error, read_options(args))
+    m = extend_tokenizer(args.base, args.out, args.add, args.corpus or (), args.pieces, opts)
+    e, checks = m.extra["extension"], m.extra["checks"]
+    print(f"added {e['added']:,} pieces ({e['single_characters_added']:,} single characters) → "
+          f"{e['vocab_size']:,}; unreachable new pieces: {checks['unreachable_new']}; non-CJK texts changed: "
+          f"{checks['non_cjk_changed']}/{checks['non_cjk_texts']}; SP/HF mismatches: {checks['parity_mismatched']}; wrote {args.out}")
     return 0
 
 
@@ -290,16 +328,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  tokenizer extend --base mixtral.model --pieces tok/ext20k --add 20000 --priority score0 -o tok/ext20k-score0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    d = ExtendOptions()
     p.add_argument("--base", required=True, help="base SentencePiece .model or tokenizer folder holding tokenizer.model")
     p.add_argument("--corpus", nargs="+", help="Chinese text to train the pieces on (files or folders)")
     p.add_argument("--pieces", help="take pieces from this SentencePiece model or tokenizer folder instead of training")
     p.add_argument("--add", type=int, required=True, help="exactly this many new pieces")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--zh-vocab-size", type=int, default=None, help="vocabulary of the Chinese model trained on --corpus (default 1.6 x --add + 4000)")
-    p.add_argument("--priority", choices=PRIORITIES, default="after-base",
+    p.add_argument("--priority", choices=PRIORITIES, default=d.priority,
                    help="after-base (default): new pieces merge after every base merge; score0: Chinese-LLaMA's score-0 append of the same pieces, for comparison")
-    p.add_argument("--order", choices=ORDERS, default="chars-first",
+    p.add_argument("--order", choices=ORDERS, default=d.order,
                    help="chars-first (default): missing CJK characters of the Chinese model first, then merges in merge order; merge: merge order only")
     p.add_argument("--check-corpus", nargs="+", help="text for the parity/round-trip checks (default: the --corpus)")
-    p.add_argument("--check-chars", type=int, default=1_000_000, help="characters of text for the checks (default 1M)")
+    p.add_argument("--check-chars", type=int, default=d.check_chars, help=f"characters of text for the checks (default {d.check_chars:,})")
     add_common(p)

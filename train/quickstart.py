@@ -162,8 +162,8 @@ def _train_and_eval(args: argparse.Namespace, chain: Chain, d: dict[str, Path], 
 
 @locked_output("out")
 def run(args: argparse.Namespace) -> int:
-    from tokenizer.cli import main as tok_main
     from tokenizer.convert import convert_sentencepiece
+    from tokenizer.extend import extend_tokenizer
     from zhdata.clean import CleanOptions, run_clean, sample_path
     from zhdata.dedupe import DedupeOptions, run_dedupe
     from zhdata.pack.packer import PackOptions, pack
@@ -199,10 +199,10 @@ def run(args: argparse.Namespace) -> int:
     base = base_tokenizer(args)
     chain.stage("tokenizer convert (original vocabulary)", lambda: convert_sentencepiece(base, d["tok-orig"]),
                 ["tokenizer", "convert", str(base), "-o", str(d["tok-orig"])])
-    # `tokenizer extend --corpus` (train Chinese pieces, select, verify) has no stage function yet: its command entry
-    cmd = ["tokenizer", "extend", "--base", str(d["tok-orig"]), "--corpus", str(d["corpus"]), "--add", str(args.add),
-           "-o", str(d["tok-ext"])]
-    chain.stage(f"tokenizer extend (+{args.add:,} Chinese pieces)", lambda: _check_rc(tok_main(cmd[1:]), cmd), cmd)
+    chain.stage(f"tokenizer extend (+{args.add:,} Chinese pieces)",
+                lambda: extend_tokenizer(d["tok-orig"], d["tok-ext"], args.add, corpus=[d["corpus"]]),
+                ["tokenizer", "extend", "--base", str(d["tok-orig"]), "--corpus", str(d["corpus"]), "--add", str(args.add),
+                 "-o", str(d["tok-ext"])])
     for v in ("orig", "ext"):
         opts = PackOptions(mode="pt", block_size=args.block_size, overwrite=True)
         chain.stage(f"pack ({v} vocabulary)", lambda v=v, opts=opts: pack([d["corpus"]], d[f"tok-{v}"], d[f"packed-{v}"], opts),
@@ -254,12 +254,6 @@ def _answers(args: argparse.Namespace, chain: Chain, d: dict[str, Path]) -> dict
                     ["train", "generate", str(d["runs"] / v), "--prompts", str(prompts), "-o", str(d["answers"] / f"{v}.jsonl"),
                      "--max-new-tokens", str(ANSWER_TOKENS), "--device", args.device, "--name", v])
     return out
-
-
-def _check_rc(rc: int, argv: list[str]) -> int:
-    if rc:
-        raise RuntimeError(f"`{shlex.join(argv)}` failed with exit code {rc}; see the message above")
-    return rc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
