@@ -50,9 +50,19 @@ def test_resume_refuses_repacked_data_and_other_settings_and_survives_a_torn_log
     for name, content in saved.items():  # the data the run was started on
         (data / name).write_bytes(content)
 
+    # the base model is identified by its files, not its path: a changed config.json is another model (named),
+    # an unchanged copy elsewhere is the same one
+    moved, edited = world["root"] / "mixtral-moved", world["root"] / "mixtral-edited"
+    shutil.copytree(world["mixtral"], moved)
+    shutil.copytree(world["mixtral"], edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**cfg, "rope_theta": 500000.0}))
+    assert main([*resume, "--model", str(edited)]) == 2
+    assert "base model config.json 'sha256 " in capsys.readouterr().err
+
     with (out / "log.jsonl").open("a", encoding="utf-8") as f:
         f.write('{"step": 3, "lm_lo')  # killed while writing a log line
-    assert main([*resume, "--log-every", "1", "--save-every", "0"]) == 0  # free settings may change
+    assert main([*resume, "--log-every", "1", "--save-every", "0", "--model", str(moved)]) == 0  # free settings may change
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]
     assert json.loads((out / "manifest.json").read_text())["train"]["steps"] == 4
 
@@ -74,3 +84,36 @@ def test_resume_auto_skips_a_checkpoint_torn_by_a_kill(tmp_path, capsys):
     other = RunConfig(**{**cfg.__dict__, "lr": 0.5})
     with pytest.raises(InputError, match="other settings: lr 0.0001 → 0.5"):
         find_checkpoint(other, run_identity(other, 1, "a" * 64, "b" * 64))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_run_resumes(world, monkeypatch, capsys):
+    import errno
+    import io
+    import os
+
+    import train.loop as loop
+
+    class FullDisk(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_open = open
+    out = world["root"] / "run-full-disk"
+    args = ["run", "--model", str(world["mixtral"]), "--data", str(world["pt-orig"]), "--tokenizer", str(world["base"]),
+            "--output-dir", str(out), "--max-steps", "6", "--quiet"]
+    for k, v in {**SMALL, "save_every": 2}.items():
+        flag = "--" + k.replace("_", "-")
+        args += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, str(v)]
+    with monkeypatch.context() as mp:  # the disk fills up while the checkpoint of step 4 is written
+        mp.setattr(loop, "open", lambda path, *a, **kw: FullDisk() if "step-0000004" in str(path) else real_open(path, *a, **kw),
+                   raising=False)
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"train run: error: {out}: cannot write the output here: "
+                                               f"{os.strerror(errno.ENOSPC)}"), err
+    assert main(["run", "--config", str(out / "run.toml"), "--resume", "auto", "--quiet"]) == 0
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "manifest.json").read_text())["train"]["steps"] == 6

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +34,7 @@ from zhdata.lock import locked_output, output_lock
 from zhdata.manifest import Manifest, read_manifest
 from zhdata.readers import iter_records
 
+from .modelfiles import safetensors_parameters
 from .report import Report, number
 
 LN2 = math.log(2.0)
@@ -75,17 +75,6 @@ def _load_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(path, e.lineno, f"malformed JSON: {e.msg}") from None
-
-
-def safetensors_parameters(folder: Path) -> int | None:
-    """Number of parameters from the headers of the folder's *.safetensors files (no tensor is read)."""
-    total, files = 0, sorted(folder.glob("*.safetensors"))
-    for f in files:
-        with f.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-    return total if files else None
 
 
 def describe_model(model_dir: str | Path | None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from zhdata.pack import collate_packed
 
 from .config import RunConfig, to_toml
 from .data import batch_indices, check_dataset, micro_batches_per_epoch, model_inputs, open_packed
+from .modelfiles import model_identity
 from .model import (TOKENIZER_DIR, SetupError, attach_adapters, compute_dtype, format_summary, is_moe, load_quantized,
                     pick_device, run_autocast, save_adapter, verify_setup)
 from .sharding import ExpertPlacement, clip_grad_norm_, full_moe_adapter_state, placement_summary, wrap_placed
@@ -93,16 +95,23 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file: a full disk is then OSError(ENOSPC), which the output lock turns into the
+    one-line error of every command (given a path, torch raises an opaque RuntimeError from its C++ writer)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world: int, keep: int,
                     sharded: bool = False) -> None:
     """`sharded` (`--shard experts`): every rank writes its own trainable weights and optimizer state."""
     ck = out / CKPT_DIR / f"step-{state['step']:07d}"
     ck.mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(), ck / f"rng-{rank}.pt")
+    _save(_rng_state(), ck / f"rng-{rank}.pt")
     if rank == 0 or sharded:
         part = f"-{rank}" if sharded else ""
-        torch.save({n: p.detach().cpu() for n, p in _trainable(model).items()}, ck / f"trainable{part}.pt")
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, ck / f"optimizer{part}.pt")
+        _save({n: p.detach().cpu() for n, p in _trainable(model).items()}, ck / f"trainable{part}.pt")
+        _save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, ck / f"optimizer{part}.pt")
     if sharded:
         dist.barrier()  # every rank's part is written before state.json marks the checkpoint whole
     if rank == 0:
@@ -114,16 +123,21 @@ def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world:
 
 
 # The settings a resumed run may change: they do not touch the training path. Every other setting (max_steps too:
-# it sets the length of the cosine schedule), the data, the tokenizer and the world size identify a run.
+# it sets the length of the cosine schedule), the data, the tokenizer, the base model's files and the world size
+# identify a run. The model folder's path may change (a moved copy); its files identify it.
 RESUME_FREE = ("output_dir", "resume", "stop_after", "log_every", "save_every", "keep_checkpoints", "max_val_batches",
-               "device", "gradient_checkpointing")
+               "device", "gradient_checkpointing", "model")
 
 
-def run_identity(cfg: RunConfig, world: int, data_sha256: str | None, tokenizer_sha256: str | None) -> dict:
+def run_identity(cfg: RunConfig, world: int, data_sha256: str | None, tokenizer_sha256: str | None,
+                 model_files: dict[str, str] | None = None) -> dict:
     """What a checkpoint resumes only with: the settings outside RESUME_FREE, the packed data by its manifest's
-    sha256 (a repack, even into the same folder, is other data), the tokenizer's fingerprint and the world size."""
+    sha256 (a repack, even into the same folder, is other data), the tokenizer's fingerprint, the base model by
+    its files (`train.modelfiles.model_identity`: config, index, each weight file's size and header; one key per
+    file, so a refusal names the file that changed) and the world size."""
     return {**{k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}, "world_size": world,
-            "data_manifest_sha256": data_sha256, "tokenizer_sha256": tokenizer_sha256}
+            "data_manifest_sha256": data_sha256, "tokenizer_sha256": tokenizer_sha256,
+            **{f"base model {name}": desc for name, desc in (model_files or {}).items()}}
 
 
 def _aux_loss(router_logits, config, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -449,7 +463,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     manifest = Manifest("train run", asdict(cfg))
     data = setup_data(cfg)
-    identity = run_identity(cfg, ranks.world, data.manifest_sha256(), data.tok_sha)
+    identity = run_identity(cfg, ranks.world, data.manifest_sha256(), data.tok_sha, model_identity(cfg.model))
     ck = find_checkpoint(cfg, identity)  # before the (long) model load: a stale folder is refused at once
     model, summary = setup_model(cfg, ranks, data.tok_dir, manifest, progress)
     net = wrap_for_ranks(model, ranks)

@@ -122,7 +122,8 @@ def _write_errors(out: str | Path) -> Iterator[None]:
                                             and folder not in Path(e.filename).resolve().parents):
             raise
         raise InputError(out, None, f"cannot write the output here: {e.strerror or os.strerror(e.errno)}",
-                         "free space or make it writable and rerun: clean, dedupe and pack resume where they stopped") from None
+                         "free space or make it writable and rerun: clean, dedupe, pack and `train run --resume auto` resume "
+                         "where they stopped") from None
 
 
 @contextmanager
