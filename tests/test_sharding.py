@@ -68,8 +68,16 @@ def test_two_ranks_holding_half_the_experts_each_train_as_one_process(setup):
     # 2 ranks x 1 sequence: stopped after 2 steps and resumed, so the per-rank checkpoint files are used too
     sharded = setup["root"] / "sharded"
     argv = _argv(setup, sharded, "--micro-batch-size", "1", "--shard", "experts")
-    mp.start_processes(_worker, args=(_free_port(), [argv + ["--stop-after", "2"], argv + ["--resume", "auto"]]),
+    # and with the load-balancing loss on (per rank, so no one-process equivalent): as DDP's 2 ranks
+    aux = {m: _argv(setup, setup["root"] / f"aux-{m}", "--micro-batch-size", "1", "--shard", m,
+                    "--router-aux-loss-coef", "0.5", "--max-steps", "1", "--max-val-batches", "0") for m in ("none", "experts")}
+    mp.start_processes(_worker, args=(_free_port(), [argv + ["--stop-after", "2"], argv + ["--resume", "auto"],
+                                                     aux["none"], aux["experts"]]),
                        nprocs=2, start_method="spawn", join=True)
+    for ra, rb in zip(_log(setup["root"] / "aux-none"), _log(setup["root"] / "aux-experts"), strict=True):
+        assert rb["aux_loss"] == pytest.approx(ra["aux_loss"], rel=1e-5) and ra["aux_loss"] > 0
+        assert rb["lm_loss"] == pytest.approx(ra["lm_loss"], rel=1e-5)
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4)
 
     # same losses and gradient norms (clipped at 0.05, so the norm over both ranks' experts matters), same adapters
     a, b = _log(single), _log(sharded)
