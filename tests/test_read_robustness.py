@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import zhdata.fs as zfs
 import zhdata.readers as readers
 from tokenizer.cli import main as tok_main
 from tokenizer.convert import convert_sentencepiece
@@ -253,7 +254,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path, capsys, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(readers, "open", deny, raising=False)
+    monkeypatch.setattr(zfs, "open", deny, raising=False)
     assert main(["clean", str(p), "-o", str(tmp_path / "o"), "--workers", "1", "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == f"zhdata clean: error: {p}: cannot read (permission denied)"
     assert main(["instruct", str(p), "-o", str(tmp_path / "i")]) == 2
@@ -264,14 +265,14 @@ def test_unreadable_folder_is_not_an_empty_folder(tmp_path, capsys, monkeypatch)
     d = tmp_path / "corpus"
     (d / "sub").mkdir(parents=True)
     (d / "sub" / "a.jsonl").write_text(_lines(SIMPLIFIED), encoding="utf-8")
-    real_scandir = readers.scandir
+    real_scandir = zfs.scandir
 
     def deny(path):
         if Path(path) == d / "sub":
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(readers, "scandir", deny)
+    monkeypatch.setattr(zfs, "scandir", deny)
     assert main(["clean", str(d), "-o", str(tmp_path / "o"), "--workers", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{d / 'sub'}: cannot read the folder (permission denied)" in err and "holds no" not in err

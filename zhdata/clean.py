@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from . import fs
 from .errors import ErrorPolicy, InputError
 from .filters import FILTERS, Filters, read_blocklist
 from .lock import locked_output
@@ -65,7 +66,7 @@ def read_piece(piece: Piece, opts: CleanOptions, policy: ErrorPolicy) -> pl.Data
     """Documents of one piece as a frame of id, text, source and kept fields; other records go to `policy`."""
     import polars as pl
 
-    name = Path(piece.path).name
+    name = fs.name(piece.path)
     ids: list[str] = []
     texts: list[str] = []
     sources: list[str] = []
@@ -179,8 +180,9 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     todo = pieces
     if state is not None:
         state.start(params, overwrite)
-        todo = [p for p in pieces if not state.done(shard_name(p))]
-    sizes = {p: (p.end - p.start if p.end is not None else Path(p.path).stat().st_size) for p in pieces}
+        finished = state.finished()
+        todo = [p for p in pieces if shard_name(p) not in finished]
+    sizes = {p: (p.end - p.start if p.end is not None else fs.size(p.path)) for p in pieces}
     bar = tqdm(total=sum(sizes[p] for p in todo), unit="B", unit_scale=True, desc="clean", disable=not progress)
     if len(todo) < len(pieces):
         bar.write(f"resuming: {len(pieces) - len(todo)} of {len(pieces)} shards already done")
@@ -194,7 +196,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     for p in pieces:
         res = results.get(p) or state.stats(shard_name(p))  # type: ignore[union-attr]
         manifest.counts.merge(Counts.from_dict(res["counts"]))
-        manifest.source(Path(p.path).name).merge(Counts.from_dict(res["counts"]))
+        manifest.source(fs.name(p.path)).merge(Counts.from_dict(res["counts"]))
         for k, v in res["alone"].items():
             alone[k] = alone.get(k, 0) + v
         manifest.warnings.extend(f"{f}: empty file, skipped" for f in res["empty_files"])

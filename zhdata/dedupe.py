@@ -10,7 +10,9 @@ document of every cluster with its cluster, whether it was kept and why not.
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from . import fs
 from .errors import InputError
 from .hashing import hash64
 from .lock import locked_output
@@ -55,24 +58,25 @@ class DedupeOptions:
         return DedupeOptions(**{**asdict(self), "bands": b, "rows": r})
 
 
-def list_shards(in_dir: str | Path) -> list[Path]:
-    d = Path(in_dir)
-    if not d.is_dir():
+def list_shards(in_dir: str | Path) -> list[str | Path]:
+    d = fs.local(in_dir)
+    if not fs.isdir(d):
         raise InputError(d, None, "not a folder", "dedupe reads the Parquet shards of a `zhdata clean` output folder")
-    shards = sorted(p for p in d.glob("*.parquet") if p.name != "clusters.parquet")
+    names = fs.listdir(d)
+    shards = [fs.join(d, n) for n in names if n.endswith(".parquet") and n != "clusters.parquet" and not n.startswith(".")]
     if not shards:
         raise InputError(d, None, "no .parquet shards here", "run `zhdata clean ... -o DIR` first and dedupe DIR")
-    if not (d / "manifest.json").exists():
+    if MANIFEST not in names:
         raise InputError(d, None, "no manifest.json: the run that wrote these shards did not finish",
                          "re-run it (it resumes where it stopped), then dedupe")
     return shards
 
 
-def read_texts(path: Path, field: str) -> list[str]:
+def read_texts(path: str | Path, field: str) -> list[str]:
     import polars as pl
 
     try:
-        col = pl.read_parquet(path, columns=[field])[field]
+        col = pl.read_parquet(fs.readable(path), columns=[field])[field]
     except pl.exceptions.ColumnNotFoundError:
         raise InputError(path, None, f"no column {field!r}", "choose it with --text-field") from None
     if col.dtype != pl.String:
@@ -101,10 +105,10 @@ def shard_keys(texts: list[str], opts: DedupeOptions) -> tuple[np.ndarray, np.nd
 
 def _pass1(task: tuple[str, str, DedupeOptions]) -> int:
     shard, cache, opts = task
-    exact, bands = shard_keys(read_texts(Path(shard), opts.text_field), opts)
-    tmp = cache + ".tmp.npz"
-    np.savez(tmp, exact=exact, bands=bands)
-    os.replace(tmp, cache)
+    exact, bands = shard_keys(read_texts(shard, opts.text_field), opts)
+    buf = io.BytesIO()
+    np.savez(buf, exact=exact, bands=bands)
+    fs.write_bytes(cache, buf.getvalue())
     return len(exact)
 
 
@@ -112,7 +116,7 @@ class JaccardVerifier:
     """Exact n-gram Jaccard of candidate pairs. The n-gram set of each document asked about is computed once and
     spilled to `spill` on disk, so memory holds an offset per candidate document and one shard's sets at a time."""
 
-    def __init__(self, shards: list[Path], offsets: np.ndarray, opts: DedupeOptions, spill: Path):
+    def __init__(self, shards: list[str | Path], offsets: np.ndarray, opts: DedupeOptions, spill: Path):
         self.shards, self.offsets, self.opts = shards, offsets, opts
         self.where: dict[int, tuple[int, int]] = {}
         self.file = open(spill, "w+b")
@@ -163,49 +167,57 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
 
     opts = opts.resolved()
     shards = list_shards(in_dir)
-    out = Path(out_dir)
+    out = fs.local(out_dir)
     check_output_folder(out, [in_dir])
     # the input's manifest and shards by content: re-cleaned or replaced input is never resumed over
-    described, identity = run_inputs([Path(in_dir) / MANIFEST, *shards])
-    params = {"input": str(Path(in_dir).resolve()), "inputs": identity, **asdict(opts)}
+    described, identity = run_inputs([fs.join(in_dir, MANIFEST), *shards])
+    params = {"input": fs.canonical(in_dir), "inputs": identity, **asdict(opts)}
     manifest = Manifest("zhdata dedupe", params)
     manifest.inputs.extend(described[1:])
     state = ShardState(out)
     state.start(params, overwrite)
-    caches = [str(state.parts / f"sig-{s.stem}.npz") for s in shards]
-    todo = [(str(s), c, opts) for s, c in zip(shards, caches) if not Path(c).exists()]
+    caches = [f"sig-{fs.name(s)[: -len('.parquet')]}.npz" for s in shards]
+    cached = set(fs.listdir(state.parts))
+    todo = [(str(s), str(fs.join(state.parts, c)), opts) for s, c in zip(shards, caches) if c not in cached]
     for _ in tqdm(parallel_map(_pass1, todo, workers), total=len(todo), desc="dedupe: signatures", unit="shard",
                   disable=not progress):
         pass
 
-    index = LSHIndex(state.parts / "bands", opts.bands, opts.rows, opts.seed) if opts.near else None
+    # band tables and the verifier's n-gram sets are scratch, rewritten by every run: beside the output when it is
+    # local, else in a local temp folder
+    scratch = tempfile.TemporaryDirectory(prefix="zhdata-dedupe-") if fs.is_remote(out) else None
+    work = Path(scratch.name) if scratch else state.parts
+    index = LSHIndex(work / "bands", opts.bands, opts.rows, opts.seed) if opts.near else None
     exact_parts, sizes = [], []
     for c in caches:
-        with np.load(c) as z:
+        with np.load(io.BytesIO(fs.read_bytes(fs.join(state.parts, c)))) as z:
             exact_parts.append(z["exact"])
             sizes.append(len(z["exact"]))
             if index is not None:
                 index.add_keys(z["bands"])
     hashes = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    verify = (JaccardVerifier(shards, offsets, opts, state.parts / "verify-sets.bin")
+    verify = (JaccardVerifier(shards, offsets, opts, work / "verify-sets.bin")
               if opts.verify and index is not None else None)
     roots, exact = duplicate_clusters(len(hashes), hashes if opts.exact else None, index, verify)
     if index is not None:
         index.close()
     if verify is not None:
         verify.close()
+    if scratch is not None:
+        scratch.cleanup()
 
     size = np.bincount(roots, minlength=len(roots))
     root_ids: dict[int, str] = {}
     cluster_rows: list[pl.DataFrame] = []
     for k, shard in enumerate(tqdm(shards, desc="dedupe: write", unit="shard", disable=not progress)):
-        df = pl.read_parquet(shard)
+        df = pl.read_parquet(fs.readable(shard))
         idx = np.arange(offsets[k], offsets[k + 1])
         r = roots[idx]
         keep = r == idx
         reason = np.where(keep, None, np.where(exact[idx], "exact_duplicate", "near_duplicate"))
-        ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [f"{shard.name}:{i + 1}" for i in range(len(df))]
+        name = fs.name(shard)
+        ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [f"{name}:{i + 1}" for i in range(len(df))]
         in_cluster = size[r] > 1
         for i in np.nonzero(in_cluster & keep)[0]:
             root_ids[int(idx[i])] = ids[i]
@@ -214,20 +226,21 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
             cluster_rows.append(pl.DataFrame({
                 "id": [ids[i] for i in sel], "cluster": [root_ids[int(r[i])] for i in sel],
                 "cluster_size": size[r[sel]].astype(np.int64), "kept": keep[sel], "reason": reason[sel].tolist(),
-                "shard": shard.name,
+                "shard": name,
             }, schema={"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean,
                        "reason": pl.String, "shard": pl.String}))
         c = Counts(records_in=len(df), records_out=int(keep.sum()))
         c.dropped.update({k2: int(v) for k2, v in zip(*np.unique(reason[~keep].astype(str), return_counts=True))})
-        state.finish(shard.stem, df.filter(pl.Series(keep)), {"counts": c.to_dict()})
+        state.finish(name[: -len(".parquet")], df.filter(pl.Series(keep)), {"counts": c.to_dict()})
         manifest.counts.merge(c)
     clusters = pl.concat(cluster_rows) if cluster_rows else pl.DataFrame(
         schema={"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean, "reason": pl.String, "shard": pl.String})
-    clusters.write_parquet(out / "clusters.parquet")
+    with fs.atomic_writer(fs.join(out, "clusters.parquet")) as f:
+        clusters.write_parquet(f)
     manifest.extra["dedupe"] = {"bands": opts.bands, "rows": opts.rows, "documents": int(len(roots)),
                                 "clusters": int(((size > 1) & (np.arange(len(size)) == roots)).sum()),
                                 "documents_in_clusters": int(len(clusters))}
-    manifest.extra["shards"] = [s.name for s in shards]
+    manifest.extra["shards"] = [fs.name(s) for s in shards]
     manifest.write(out)
     return manifest
 

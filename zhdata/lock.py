@@ -8,6 +8,13 @@ without `flock` the file's content decides: a lock of a dead pid on this host is
 A process may nest locks of one folder (quickstart runs other commands in-process); only the outermost
 one takes and releases it. While it holds the lock, a failed write into the folder (disk full, read-only,
 no permission) becomes one line naming the folder (`_write_errors`).
+
+On a remote folder (`s3://`, `gs://`, `hdfs://`: `zhdata.fs`) there is no flock. The lock is an object created only
+if absent (one conditional put on S3, `If-None-Match: *`), so of two runs starting together exactly one gets it, and
+the content decides as above: a lock of a dead pid on this host is stale and taken over, any other is live, even
+one left by a driver killed on another machine; that one is refused with its holder named, and a user who knows it
+is dead deletes the lock object. The guarantee is advisory (a writer that ignores the lock is not stopped) and holds
+on stores with conditional writes; elsewhere two runs starting in the same instant could both pass the check.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import fs
 from .errors import InputError
 
 LOCK_FILE = ".zh-adapt.lock"
-_held: dict[Path, int] = {}  # folders this process holds, with nesting depth
+_held: dict[str, int] = {}  # folders this process holds (fs.canonical), with nesting depth
 
 
 def _alive(pid: int) -> bool:
@@ -126,16 +134,47 @@ def _write_errors(out: str | Path) -> Iterator[None]:
                          "where they stopped") from None
 
 
+def _acquire_remote(folder: str) -> str:
+    """Create the lock object of a remote folder (module doc); returns the content that marks it as ours."""
+    path = fs.join(folder, LOCK_FILE)
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": os.urandom(8).hex()}) + "\n"
+    info: dict = {}
+    for _ in range(3):  # a stale lock removed, or a live one released between our put and our read: try again
+        if fs.create_exclusive(path, me.encode()):
+            return me
+        try:
+            info = _holder(fs.read_text(path))
+        except FileNotFoundError:
+            continue
+        if not _stale(info):
+            break
+        print(f"note: taking over the stale lock of {folder} ({_describe(info)}, no longer running)", file=sys.stderr)
+        fs.remove(path)
+    raise _refuse(folder, info)
+
+
 @contextmanager
-def output_lock(folder: str | Path) -> Iterator[Path]:
-    """Hold the exclusive write lock of `folder` (created if missing) for the duration of the block."""
-    folder = Path(folder)
-    created = not folder.exists()
+def _remote_lock(folder: str) -> Iterator[None]:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(folder, None, f"cannot create the output folder: {e.strerror}") from None
-    key = folder.resolve()
+        me = _acquire_remote(folder)
+    except PermissionError as e:
+        raise InputError(folder, None, f"cannot write the lock object here: {e}", "check the credentials' write access") from None
+    try:
+        yield
+    finally:
+        try:
+            if fs.read_text(fs.join(folder, LOCK_FILE)) == me:  # never remove a lock someone else took over
+                fs.remove(fs.join(folder, LOCK_FILE))
+        except OSError:
+            pass
+
+
+@contextmanager
+def output_lock(folder: str | Path) -> Iterator[str | Path]:
+    """Hold the exclusive write lock of `folder` (created if missing; a local path or a URI) for the block."""
+    folder = fs.local(folder)
+    key = fs.canonical(folder)
     if key in _held:
         _held[key] += 1
         try:
@@ -143,6 +182,19 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
         finally:
             _held[key] -= 1
         return
+    if isinstance(folder, str):
+        _held[key] = 1
+        try:
+            with _remote_lock(folder):
+                yield folder
+        finally:
+            _held.pop(key, None)
+        return
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(folder, None, f"cannot create the output folder: {e.strerror}") from None
     try:
         fd = _acquire(folder)
     except OSError as e:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from collections import Counter
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+from . import fs
 
 MANIFEST = "manifest.json"
 _VERSIONED = (
@@ -62,15 +63,15 @@ class Counts:
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open_read(path) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
 def describe_input(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)}
+    """A local path or URI (`zhdata.fs`) with its size and checksum."""
+    return {"path": fs.canonical(path), "size": fs.size(path), "sha256": file_sha256(path)}
 
 
 def cli_params(args: Any) -> dict[str, Any]:
@@ -129,22 +130,20 @@ class Manifest:
         }
 
     def write(self, out_dir: str | Path, name: str = MANIFEST) -> Path:
-        """Save `out_dir/manifest.json` (or `name`, for commands whose outputs share a folder)."""
+        """Save `out_dir/manifest.json` (or `name`, for commands whose outputs share a folder); `out_dir` may be a URI."""
         self.counts.check()
         for source, c in self.sources.items():
             c.check(f"counts of source {source!r}")
-        out = Path(out_dir) / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        out = fs.join(out_dir, name)
+        fs.makedirs(fs.parent(out))
+        fs.write_text(out, json.dumps(self.to_dict(), ensure_ascii=False, indent=2, default=str) + "\n")
         return out
 
 
 def read_manifest(dir_or_file: str | Path) -> dict[str, Any]:
-    p = Path(dir_or_file)
-    if p.is_dir():
-        p = p / MANIFEST
-    if not p.exists():
+    p = fs.local(dir_or_file)
+    if fs.isdir(p):
+        p = fs.join(p, MANIFEST)
+    if not fs.exists(p):
         raise FileNotFoundError(f"{p}: no manifest.json here; is this the output folder of a zhdata/tokenizer/train command?")
-    return json.loads(p.read_text(encoding="utf-8"))
+    return json.loads(fs.read_text(p))

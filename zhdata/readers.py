@@ -16,10 +16,10 @@ import json
 import lzma
 import re
 from dataclasses import dataclass, replace
-from os import scandir
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from . import fs
 from .errors import ErrorPolicy, InputError
 
 COMPRESSIONS = (".gz", ".zst", ".xz")
@@ -82,9 +82,9 @@ def read_options(args: argparse.Namespace) -> ReadOptions:
     return ReadOptions(args.encoding, args.max_record_mb)
 
 
-def split_compression(path: Path) -> tuple[str, str | None]:
+def split_compression(path: str | Path) -> tuple[str, str | None]:
     """('name.jsonl', '.gz') for name.jsonl.gz; ('name.jsonl', None) when not compressed."""
-    name = path.name
+    name = fs.name(path)
     for ext in COMPRESSIONS:
         if name.endswith(ext):
             return name[: -len(ext)], ext
@@ -96,7 +96,7 @@ def detect_format(path: str | Path, override: str | None = None) -> str:
         if override not in FORMATS:
             raise InputError(path, None, f"unknown format {override!r}", f"choose one of {', '.join(FORMATS)}")
         return override
-    base, _ = split_compression(Path(path))
+    base, _ = split_compression(path)
     fmt = _EXT_FORMAT.get(Path(base).suffix.lower())
     if fmt is None:
         raise InputError(path, None, "cannot tell the format from the file name",
@@ -110,18 +110,18 @@ def _cannot_read(path: str | Path, e: OSError, what: str = "") -> InputError:
 
 
 def _open_file(path: str | Path) -> BinaryIO:
-    """The one place an input file is opened: an unreadable file is a one-line error, not a traceback."""
+    """The one place an input file is opened (a local path or a URI, `zhdata.fs`): an unreadable file is a one-line
+    error, not a traceback."""
     try:
-        return open(path, "rb")
+        return fs.open_read(path)
     except OSError as e:
         raise _cannot_read(path, e) from None
 
 
 def open_binary(path: str | Path) -> BinaryIO:
     """Open a file for reading bytes, decompressing by its suffix."""
-    p = Path(path)
-    _, comp = split_compression(p)
-    raw = _open_file(p)
+    _, comp = split_compression(path)
+    raw = _open_file(path)
     if comp == ".gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if comp == ".xz":
@@ -133,43 +133,37 @@ def open_binary(path: str | Path) -> BinaryIO:
     return raw
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: str | Path) -> list[str | Path]:
     """Files below `folder`, skipping hidden names (e.g. a run's .parts/ state); an unreadable folder is an error."""
     try:
-        entries = list(scandir(folder))
+        return fs.files(folder)
     except OSError as e:
-        raise _cannot_read(folder, e, " the folder") from None
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        path = Path(entry.path)
-        if entry.is_dir():
-            yield from _walk(path)
-        elif entry.is_file():
-            yield path
+        raise _cannot_read(e.filename or folder, e, " the folder") from None
 
 
-def expand_inputs(paths: list[str | Path], fmt: str | None = None, policy: ErrorPolicy | None = None) -> list[Path]:
-    """Files given, and every file below folders given, in a stable (sorted) order.
+def expand_inputs(paths: list[str | Path], fmt: str | None = None, policy: ErrorPolicy | None = None) -> list[str | Path]:
+    """Files given, and every file below folders given, in a stable (sorted) order: `Path`s, or URI strings for
+    remote locations (`zhdata.fs`).
 
     A file in a folder whose format cannot be told from its name (`.csv`, `.jsonl.bz2`; documentation such as
     README.md or LICENSE is passed over) stops the run with the list of such files; under `--on-error skip` they are passed over and listed in `policy.skipped_files`.
     """
     policy = policy or ErrorPolicy("stop")
-    files: list[Path] = []
+    files: list[str | Path] = []
     for raw in paths:
-        p = Path(raw)
-        if not p.exists():
+        p = fs.local(raw)
+        if not fs.exists(p):
             raise InputError(p, None, "no such file or folder")
-        if p.is_dir():
+        if fs.isdir(p):
             found, unknown = [], []
-            for f in sorted(_walk(p)):
-                if f.name in _SKIP_NAMES:
+            for f in _walk(p):
+                name = fs.name(f)
+                if name in _SKIP_NAMES:
                     continue
                 try:
                     detect_format(f, fmt)
                 except InputError:
-                    if f.suffix.lower() not in _DOC_SUFFIXES and not f.name.upper().startswith(_DOC_PREFIXES):
+                    if Path(name).suffix.lower() not in _DOC_SUFFIXES and not name.upper().startswith(_DOC_PREFIXES):
                         unknown.append(f)
                     continue
                 found.append(f)
@@ -222,7 +216,7 @@ def _count_newlines(fh: BinaryIO, start: int, end: int, chunk: int = 1 << 22) ->
     return n
 
 
-def plan_pieces(files: list[Path], fmt: str | None = None, target_bytes: int = 64 << 20,
+def plan_pieces(files: list[str | Path], fmt: str | None = None, target_bytes: int = 64 << 20,
                 read: ReadOptions | None = None) -> list[Piece]:
     """Cut uncompressed line-based files at line boundaries into pieces of about `target_bytes`."""
     read = read or ReadOptions()
@@ -230,7 +224,7 @@ def plan_pieces(files: list[Path], fmt: str | None = None, target_bytes: int = 6
     for i, f in enumerate(files):
         ff = detect_format(f, fmt)
         enc = resolve_encoding(f, read.encoding)
-        size = f.stat().st_size
+        size = fs.size(f)
         splittable = ff in ("jsonl", "txt") and split_compression(f)[1] is None and enc != "utf-16"
         if not splittable or size <= target_bytes:
             pieces.append(Piece(str(f), ff, i, 0, encoding=enc))
@@ -491,9 +485,9 @@ def _iter_parquet(path: str, policy: ErrorPolicy, read: ReadOptions) -> Iterator
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    _open_file(path).close()
+    _open_file(path).close()  # an unreadable file is one line
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(fs.readable(path))
     except Exception as e:  # pyarrow raises several types for a non-Parquet file
         raise InputError(path, None, f"not a readable Parquet file: {e}") from None
     if pf.metadata.num_rows == 0:

@@ -2,7 +2,8 @@
 
 A shard is finished when both `NAME.parquet` and `.parts/NAME.json` (its counts) exist; both are
 written to a temporary name first and renamed, so an interrupted run never leaves a half shard
-that looks finished. `.parts/plan.json` holds the run's parameters, inputs by the sha256 of their
+that looks finished. The folder may be a URI (`zhdata.fs`): state and shards live beside each other wherever
+it is. `.parts/plan.json` holds the run's parameters, inputs by the sha256 of their
 content (`run_inputs`): resuming with changed inputs or other options is refused, naming what changed,
 instead of mixing two runs in one folder.
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
+from . import fs
 from .errors import InputError
 from .manifest import MANIFEST, describe_input
 
@@ -28,38 +29,39 @@ R = TypeVar("R")
 
 class ShardState:
     def __init__(self, out_dir: str | Path):
-        self.dir = Path(out_dir)
-        self.parts = self.dir / ".parts"
+        self.dir = fs.local(out_dir)
+        self.parts = fs.join(self.dir, ".parts")
 
     def start(self, params: dict[str, Any], overwrite: bool = False) -> None:
-        plan = self.parts / "plan.json"
+        plan = fs.join(self.parts, "plan.json")
         text = json.dumps(params, sort_keys=True, ensure_ascii=False, default=str)
-        if plan.exists() and plan.read_text(encoding="utf-8") != text:
+        if fs.exists(plan) and (old_text := fs.read_text(plan)) != text:
             if not overwrite:
-                old = json.loads(plan.read_text(encoding="utf-8"))
-                raise InputError(self.dir, None, f"holds a run of other inputs or options: {run_difference(old, params)}",
+                raise InputError(self.dir, None, f"holds a run of other inputs or options: {run_difference(json.loads(old_text), params)}",
                                  "rerun with the same inputs and options to resume, use a new output folder, "
                                  "or --overwrite to start again here")
-            shutil.rmtree(self.parts)
-            for f in [*self.dir.glob("*.parquet"), self.dir / MANIFEST]:
-                f.unlink(missing_ok=True)
-        self.parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write(plan, text)
+            fs.rmtree(self.parts)
+            for name in fs.listdir(self.dir):
+                if name.endswith(".parquet") or name == MANIFEST:
+                    fs.remove(fs.join(self.dir, name))
+        fs.makedirs(self.parts)
+        fs.write_text(plan, text)
 
-    def done(self, name: str) -> bool:
-        return (self.parts / f"{name}.json").exists() and (self.dir / f"{name}.parquet").exists()
+    def finished(self) -> set[str]:
+        """Names of every finished shard, from two listings (one request each on an object store)."""
+        shards = {n[: -len(".parquet")] for n in fs.listdir(self.dir) if n.endswith(".parquet")}
+        return {n[: -len(".json")] for n in fs.listdir(self.parts) if n.endswith(".json")} & shards
 
     def stats(self, name: str) -> dict[str, Any]:
-        return json.loads((self.parts / f"{name}.json").read_text(encoding="utf-8"))
+        return json.loads(fs.read_text(fs.join(self.parts, f"{name}.json")))
 
     def finish(self, name: str, frame: pl.DataFrame, stats: dict[str, Any]) -> None:
-        tmp = self.dir / f".{name}.parquet.tmp"
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
-        os.replace(tmp, self.dir / f"{name}.parquet")
-        _atomic_write(self.parts / f"{name}.json", json.dumps(stats, ensure_ascii=False))
+        with fs.atomic_writer(fs.join(self.dir, f"{name}.parquet")) as f:
+            frame.write_parquet(f, compression="zstd", statistics=False)
+        fs.write_text(fs.join(self.parts, f"{name}.json"), json.dumps(stats, ensure_ascii=False))
 
 
-def run_inputs(files: list[Path]) -> tuple[list[dict[str, Any]], list[list[str]]]:
+def run_inputs(files: list[str | Path]) -> tuple[list[dict[str, Any]], list[list[str]]]:
     """The inputs of a run, hashed once: (manifest entries, [path, sha256] pairs that identify the run).
 
     Resume keys on content: a file edited in place, even with its size and mtime restored, is another run.
@@ -92,22 +94,14 @@ def run_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def check_output_folder(out: str | Path, inputs: list[str | Path]) -> None:
     """Refuse, before anything is written or deleted, an output folder that is an input, holds one, or lies in one."""
-    o = Path(out).resolve()
     for raw in inputs:
-        p = Path(raw).resolve()
-        if p == o:
+        if fs.canonical(raw) == fs.canonical(out):
             raise InputError(out, None, f"the output folder is the input {raw}", "write to a new folder")
-        if o in p.parents:
+        if fs.within(raw, out):
             raise InputError(out, None, f"the output folder holds the input {raw}", "write to a folder without inputs")
-        if p in o.parents:
+        if fs.within(out, raw):
             raise InputError(out, None, f"the output folder lies inside the input folder {raw}: its output would be "
                              "read as input by the next run", "write to a folder outside the inputs")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _init_worker() -> None:

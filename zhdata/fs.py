@@ -1,0 +1,267 @@
+"""Every file zhdata opens, lists, renames or deletes, by local path or URI: `s3://`, `gs://`, `hdfs://`, `file://`.
+
+A location is a local path (`str` or `Path`, also `file://...`) or a URI of a remote filesystem, reached through
+fsspec (s3fs for `s3://`, gcsfs for `gs://`, pyarrow for `hdfs://`; credentials from the usual environment:
+`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, ...). Local paths stay `Path`s, so the
+local path never pays for fsspec; remote locations stay URI strings (`Path` would fold `s3://` into `s3:/`).
+
+Atomic replacement (`atomic_writer`): locally a temporary name and `os.replace`; elsewhere a temporary key and a
+move. On an object store a move is a server-side copy and a delete: the final object appears whole or not at all
+(a copy is atomic), but a crash between the two leaves a `.tmp` object behind, which the next run overwrites.
+On HDFS a move is an atomic rename.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from contextlib import contextmanager
+from os import scandir
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from .errors import InputError
+
+
+
+def is_remote(loc: str | Path) -> bool:
+    """A URI of a filesystem other than the local one (`file://` and plain paths are local)."""
+    return isinstance(loc, str) and "://" in loc and not loc.startswith("file://")
+
+
+def local(loc: str | Path) -> str | Path:
+    """`loc` as this module passes it around: a `Path` for a local location, the URI string for a remote one."""
+    if is_remote(loc):
+        return str(loc).rstrip("/")
+    s = str(loc)
+    return Path(s[len("file://"):] if s.startswith("file://") else s)
+
+
+def _fs(loc: str) -> tuple[Any, str]:
+    """The filesystem and path of a URI, with the filesystem's listing cache dropped: other processes (workers)
+    write into the same folders, so a cached listing would miss their files."""
+    import fsspec  # only remote locations need it
+
+    try:
+        fs, path = fsspec.core.url_to_fs(loc)
+    except (ImportError, ValueError) as e:
+        raise InputError(loc, None, f"cannot reach this location: {e}",
+                         "install the filesystem's package (s3fs for s3://, gcsfs for gs://; `pip install -e \".[cloud]\"`)") from None
+    fs.invalidate_cache()
+    return fs, path
+
+
+def join(loc: str | Path, *names: str) -> str | Path:
+    loc = local(loc)
+    if isinstance(loc, Path):
+        return loc.joinpath(*names)
+    return "/".join([loc, *names])
+
+
+def name(loc: str | Path) -> str:
+    """The last component: `part-00000.parquet` of `s3://b/clean/part-00000.parquet`."""
+    loc = local(loc)
+    return loc.name if isinstance(loc, Path) else loc.rsplit("/", 1)[-1]
+
+
+def parent(loc: str | Path) -> str | Path:
+    loc = local(loc)
+    return loc.parent if isinstance(loc, Path) else loc.rsplit("/", 1)[0]
+
+
+def canonical(loc: str | Path) -> str:
+    """A string that names the location the same way however it was written (absolute local path, or URI)."""
+    loc = local(loc)
+    return str(loc.resolve()) if isinstance(loc, Path) else loc
+
+
+def within(inner: str | Path, outer: str | Path) -> bool:
+    """Whether `inner` is `outer` or lies below it."""
+    a, b = canonical(inner), canonical(outer)
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def exists(loc: str | Path) -> bool:
+    loc = local(loc)
+    if isinstance(loc, Path):
+        return loc.exists()
+    fs, path = _fs(loc)
+    return fs.exists(path)
+
+
+def isdir(loc: str | Path) -> bool:
+    loc = local(loc)
+    if isinstance(loc, Path):
+        return loc.is_dir()
+    fs, path = _fs(loc)
+    return fs.isdir(path)
+
+
+def size(loc: str | Path) -> int:
+    loc = local(loc)
+    if isinstance(loc, Path):
+        return loc.stat().st_size
+    fs, path = _fs(loc)
+    return int(fs.size(path))
+
+
+def open_read(loc: str | Path) -> BinaryIO:
+    """Open for reading bytes (seekable, buffered); OSError as the local `open` raises it."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        return open(loc, "rb")
+    fs, path = _fs(loc)
+    return io.BufferedReader(fs.open(path, "rb"), buffer_size=1 << 20)  # fsspec's readline takes no size
+
+
+def readable(loc: str | Path) -> Any:
+    """What Parquet readers (pyarrow, Polars) take: a local path, read natively, or an open remote file."""
+    loc = local(loc)
+    return loc if isinstance(loc, Path) else open_read(loc)
+
+
+def read_bytes(loc: str | Path) -> bytes:
+    with open_read(loc) as f:
+        return f.read()
+
+
+def read_text(loc: str | Path) -> str:
+    return read_bytes(loc).decode("utf-8")
+
+
+def makedirs(loc: str | Path) -> None:
+    """Create the folder and its parents (on object stores, where folders are only key prefixes: nothing to do)."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        loc.mkdir(parents=True, exist_ok=True)
+        return
+    fs, path = _fs(loc)
+    fs.makedirs(path, exist_ok=True)
+
+
+def files(folder: str | Path) -> list[str | Path]:
+    """Every file below `folder`, sorted, skipping hidden names at any depth (a run's `.parts/` state)."""
+    folder = local(folder)
+    if isinstance(folder, Path):
+        out: list[Path] = []
+        stack = [folder]
+        while stack:
+            d = stack.pop()
+            for entry in scandir(d):
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file():
+                    out.append(Path(entry.path))
+        return sorted(out)
+    fs, path = _fs(folder)
+    proto = folder.split("://", 1)[0]
+    found = []
+    for p in fs.find(path):
+        rel = p[len(path.rstrip("/")) + 1:]
+        if rel and not any(part.startswith(".") for part in rel.split("/")):
+            found.append(f"{proto}://{p}")
+    return sorted(found)
+
+
+def listdir(folder: str | Path) -> list[str]:
+    """Names of the files directly in `folder` (hidden ones too), sorted; an empty list when it does not exist."""
+    folder = local(folder)
+    if isinstance(folder, Path):
+        return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    fs, path = _fs(folder)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file")
+
+
+def remove(loc: str | Path) -> None:
+    """Delete a file if it is there."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        loc.unlink(missing_ok=True)
+        return
+    fs, path = _fs(loc)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def rmtree(loc: str | Path) -> None:
+    """Delete a folder and everything below it, if it is there."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        shutil.rmtree(loc, ignore_errors=True)
+        return
+    fs, path = _fs(loc)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextmanager
+def atomic_writer(loc: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces `loc` only when the block ends without an error (see the module doc)."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        tmp = loc.with_name(f".{loc.name}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, loc)
+        return
+    fs, path = _fs(loc)
+    head, _, tail = path.rpartition("/")
+    tmp = f"{head}/.{tail}.tmp"
+    try:
+        with fs.open(tmp, "wb") as f:
+            yield f
+    except BaseException:
+        try:
+            fs.rm_file(tmp)
+        except OSError:
+            pass
+        raise
+    fs.mv(tmp, path)
+
+
+def write_bytes(loc: str | Path, data: bytes) -> None:
+    """Replace `loc` with `data` atomically."""
+    with atomic_writer(loc) as f:
+        f.write(data)
+
+
+def write_text(loc: str | Path, text: str) -> None:
+    write_bytes(loc, text.encode("utf-8"))
+
+
+def create_exclusive(loc: str | Path, data: bytes) -> bool:
+    """Create `loc` holding `data` only if nothing is there; False when something is. On S3 (and stores that
+    honour `If-None-Match: *`) this is one conditional put, so of two writers at once exactly one succeeds;
+    a store without conditional writes gets a check then a put, which two writers at the same instant can both pass."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        try:
+            fd = os.open(loc, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    fs, path = _fs(loc)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    except (TypeError, NotImplementedError):  # a filesystem without exclusive create
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+    return True
