@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from . import fs
 from .clean import SIGNALS
 from .errors import InputError
 from .lock import locked_output
@@ -35,11 +36,11 @@ def parse_where(where: str) -> pl.Expr:
         raise InputError("--where", None, f"cannot parse {where!r}: {str(e).splitlines()[0]}") from None
 
 
-def _signals_run(src: Path) -> dict[str, Any]:
-    mpath = src / MANIFEST
-    if not mpath.exists():
+def _signals_run(src: str | Path) -> dict[str, Any]:
+    mpath = fs.join(src, MANIFEST)
+    if not fs.exists(mpath):
         raise InputError(src, None, "no manifest.json here", "give the output folder of `zhdata clean --signals-only`")
-    m = json.loads(mpath.read_text(encoding="utf-8"))
+    m = json.loads(fs.read_text(mpath))
     if not (m.get("params") or {}).get("signals_only"):
         raise InputError(mpath, None, "not a `zhdata clean --signals-only` output (its documents hold no signals)",
                          "run zhdata clean with --signals-only first")
@@ -67,25 +68,27 @@ def run_filter(src: str | Path, out_dir: str | Path, where: str, keep_signals: b
                progress: bool = True) -> Manifest:
     import polars as pl
 
-    src, out_dir = Path(src), Path(out_dir)
+    src, out_dir = fs.local(src), fs.local(out_dir)
     signals = _signals_run(src)
     expr = parse_where(where)
     shards = signals["shards"]
     check_output_folder(out_dir, [src])
-    missing = [s for s in shards if not (src / s).exists()]
+    present = set(fs.listdir(src))
+    missing = [s for s in shards if s not in present]
     if missing:
-        raise InputError(src / missing[0], None, f"shard listed in manifest.json is missing ({len(missing)} missing)")
+        raise InputError(fs.join(src, missing[0]), None, f"shard listed in manifest.json is missing ({len(missing)} missing)")
     # the signals run by content: a re-run or replaced input is never resumed over
-    described, identity = run_inputs([src / MANIFEST, *(src / s for s in shards)])
-    params = {"input": str(src.resolve()), "inputs": identity, "where": where, "keep_signals": keep_signals}
+    described, identity = run_inputs([fs.join(src, MANIFEST), *(fs.join(src, s) for s in shards)])
+    params = {"input": fs.canonical(src), "inputs": identity, "where": where, "keep_signals": keep_signals}
     manifest = Manifest("zhdata filter", params)
     manifest.inputs.extend(described)
     state = ShardState(out_dir)
     state.start(params, overwrite)
+    finished = state.finished()
     for name in tqdm(shards, desc="filter", unit="shard", disable=not progress):
         stem = name.removesuffix(".parquet")
-        if not state.done(stem):
-            df = pl.read_parquet(src / name)
+        if stem not in finished:
+            df = pl.read_parquet(fs.readable(fs.join(src, name)))
             out = filter_frame(df, expr, keep_signals, where)
             c = Counts(records_in=len(df), records_out=len(out))
             if len(df) > len(out):
