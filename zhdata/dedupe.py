@@ -29,7 +29,8 @@ from .manifest import MANIFEST, Counts, Manifest
 from .minhash import optimal_bands, signatures
 from .ngrams import codepoints, ngram_hashes
 from .normalize import dedupe_key
-from .shards import ShardState, check_output_folder, parallel_map, run_inputs
+from .engine import Engine, LocalEngine, add_engine_options, engine_from_args
+from .shards import ShardState, check_output_folder, run_inputs
 
 if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
     import polars as pl
@@ -161,10 +162,62 @@ class JaccardVerifier:
         Path(self.file.name).unlink(missing_ok=True)
 
 
-def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, workers: int = 1,
-               overwrite: bool = False, progress: bool = True) -> Manifest:
-    import polars as pl
+@dataclass(frozen=True)
+class Clusters:
+    """The outcome of the duplicate rule, sparse: every document in a cluster of two or more (`members`, ascending
+    corpus indices), its cluster's root (smallest member) and whether it is an exact duplicate of an earlier one.
+    Every other document is alone and kept."""
 
+    members: np.ndarray
+    roots: np.ndarray
+    exact: np.ndarray
+
+    @classmethod
+    def from_dense(cls, roots: np.ndarray, exact: np.ndarray) -> "Clusters":
+        size = np.bincount(roots, minlength=len(roots))
+        members = np.nonzero(size[roots] > 1)[0]
+        return cls(members, roots[members], exact[members])
+
+
+def local_clusters(caches: list[str | Path], shards: list[str | Path], opts: DedupeOptions,
+                   work: Path) -> tuple[Clusters, np.ndarray]:
+    """The global step in this process: band tables spilled to `work`, one band at a time (`zhdata.lsh`); returns the
+    clusters and the document offset of every shard."""
+    index = LSHIndex(work / "bands", opts.bands, opts.rows, opts.seed) if opts.near else None
+    exact_parts, sizes = [], []
+    for c in caches:
+        with np.load(io.BytesIO(fs.read_bytes(c))) as z:
+            exact_parts.append(z["exact"])
+            sizes.append(len(z["exact"]))
+            if index is not None:
+                index.add_keys(z["bands"])
+    hashes = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    verify = (JaccardVerifier(shards, offsets, opts, work / "verify-sets.bin")
+              if opts.verify and index is not None else None)
+    try:
+        roots, exact = duplicate_clusters(len(hashes), hashes if opts.exact else None, index, verify)
+    finally:
+        if index is not None:
+            index.close()
+        if verify is not None:
+            verify.close()
+    return Clusters.from_dense(roots, exact), offsets
+
+
+def shard_offsets(shards: list[str | Path]) -> np.ndarray:
+    """Document offset of every shard (and the total at the end), from the Parquet footers alone."""
+    import pyarrow.parquet as pq
+
+    sizes = [pq.ParquetFile(fs.readable(s)).metadata.num_rows for s in shards]
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, workers: int = 1,
+               overwrite: bool = False, progress: bool = True, engine: Engine | None = None) -> Manifest:
+    """Dedupe the shards of `in_dir` into `out_dir`; pass 1 runs on `engine` (default: `workers` local processes),
+    and so does the global step (`--engine ray`: `zhdata.engine.ray_dedupe`, the same rule and result)."""
+    engine = engine or LocalEngine(workers)
     opts = opts.resolved()
     shards = list_shards(in_dir)
     out = fs.local(out_dir)
@@ -176,73 +229,70 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
     manifest.inputs.extend(described[1:])
     state = ShardState(out)
     state.start(params, overwrite)
-    caches = [f"sig-{fs.name(s)[: -len('.parquet')]}.npz" for s in shards]
+    names = [f"sig-{fs.name(s)[: -len('.parquet')]}.npz" for s in shards]
+    caches = [fs.join(state.parts, c) for c in names]
     cached = set(fs.listdir(state.parts))
-    todo = [(str(s), str(fs.join(state.parts, c)), opts) for s, c in zip(shards, caches) if c not in cached]
-    for _ in tqdm(parallel_map(_pass1, todo, workers), total=len(todo), desc="dedupe: signatures", unit="shard",
+    todo = [(str(s), str(c), opts) for s, c, name in zip(shards, caches, names) if name not in cached]
+    for _ in tqdm(engine.map(_pass1, todo), total=len(todo), desc="dedupe: signatures", unit="shard",
                   disable=not progress):
         pass
 
-    # band tables and the verifier's n-gram sets are scratch, rewritten by every run: beside the output when it is
-    # local, else in a local temp folder
-    scratch = tempfile.TemporaryDirectory(prefix="zhdata-dedupe-") if fs.is_remote(out) else None
-    work = Path(scratch.name) if scratch else state.parts
-    index = LSHIndex(work / "bands", opts.bands, opts.rows, opts.seed) if opts.near else None
-    exact_parts, sizes = [], []
-    for c in caches:
-        with np.load(io.BytesIO(fs.read_bytes(fs.join(state.parts, c)))) as z:
-            exact_parts.append(z["exact"])
-            sizes.append(len(z["exact"]))
-            if index is not None:
-                index.add_keys(z["bands"])
-    hashes = np.concatenate(exact_parts) if exact_parts else np.zeros(0, np.uint64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    verify = (JaccardVerifier(shards, offsets, opts, work / "verify-sets.bin")
-              if opts.verify and index is not None else None)
-    roots, exact = duplicate_clusters(len(hashes), hashes if opts.exact else None, index, verify)
-    if index is not None:
-        index.close()
-    if verify is not None:
-        verify.close()
-    if scratch is not None:
-        scratch.cleanup()
+    if engine.name == "ray":
+        from .engine.ray_dedupe import ray_clusters
 
-    size = np.bincount(roots, minlength=len(roots))
+        offsets = shard_offsets(shards)
+        clusters = ray_clusters(caches, shards, offsets, opts, engine.address, engine.workers)
+    else:
+        # band tables and the verifier's n-gram sets are scratch, rewritten by every run: beside the output when it
+        # is local, else in a local temp folder
+        with tempfile.TemporaryDirectory(prefix="zhdata-dedupe-") as tmp:
+            clusters, offsets = local_clusters(caches, shards, opts, Path(tmp) if fs.is_remote(out) else state.parts)
+    table = write_deduped(shards, offsets, clusters, state, manifest, progress)
+    with fs.atomic_writer(fs.join(out, "clusters.parquet")) as f:
+        table.write_parquet(f)
+    manifest.extra["dedupe"] = {"bands": opts.bands, "rows": opts.rows, "documents": int(offsets[-1]),
+                                "clusters": int(len(np.unique(clusters.roots))), "documents_in_clusters": int(len(table))}
+    manifest.extra["shards"] = [fs.name(s) for s in shards]
+    manifest.extra["engine"] = engine.describe()
+    manifest.write(out)
+    return manifest
+
+
+def write_deduped(shards: list[str | Path], offsets: np.ndarray, clusters: Clusters, state: ShardState,
+                  manifest: Manifest, progress: bool) -> pl.DataFrame:
+    """Pass 2: each shard without its dropped documents, under its own name; returns the table of every member of
+    every cluster (`clusters.parquet`). Shards go in corpus order, so a cluster's root id is known when needed."""
+    import polars as pl
+
+    schema = {"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean,
+              "reason": pl.String, "shard": pl.String}
+    root_list, root_size = np.unique(clusters.roots, return_counts=True)
     root_ids: dict[int, str] = {}
     cluster_rows: list[pl.DataFrame] = []
     for k, shard in enumerate(tqdm(shards, desc="dedupe: write", unit="shard", disable=not progress)):
         df = pl.read_parquet(fs.readable(shard))
-        idx = np.arange(offsets[k], offsets[k + 1])
-        r = roots[idx]
-        keep = r == idx
-        reason = np.where(keep, None, np.where(exact[idx], "exact_duplicate", "near_duplicate"))
+        lo, hi = np.searchsorted(clusters.members, [offsets[k], offsets[k + 1]])
+        docs, r, ex = clusters.members[lo:hi], clusters.roots[lo:hi], clusters.exact[lo:hi]
+        rows = docs - offsets[k]
+        first = r == docs
+        keep = np.ones(len(df), dtype=bool)
+        keep[rows] = first
+        reason = np.where(first, None, np.where(ex, "exact_duplicate", "near_duplicate"))
         name = fs.name(shard)
         ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [f"{name}:{i + 1}" for i in range(len(df))]
-        in_cluster = size[r] > 1
-        for i in np.nonzero(in_cluster & keep)[0]:
-            root_ids[int(idx[i])] = ids[i]
-        sel = np.nonzero(in_cluster)[0]
-        if len(sel):
+        for i in np.nonzero(first)[0]:
+            root_ids[int(docs[i])] = ids[rows[i]]
+        if len(docs):
             cluster_rows.append(pl.DataFrame({
-                "id": [ids[i] for i in sel], "cluster": [root_ids[int(r[i])] for i in sel],
-                "cluster_size": size[r[sel]].astype(np.int64), "kept": keep[sel], "reason": reason[sel].tolist(),
-                "shard": name,
-            }, schema={"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean,
-                       "reason": pl.String, "shard": pl.String}))
+                "id": [ids[i] for i in rows], "cluster": [root_ids[int(x)] for x in r],
+                "cluster_size": root_size[np.searchsorted(root_list, r)].astype(np.int64), "kept": first,
+                "reason": reason.tolist(), "shard": name,
+            }, schema=schema))
         c = Counts(records_in=len(df), records_out=int(keep.sum()))
-        c.dropped.update({k2: int(v) for k2, v in zip(*np.unique(reason[~keep].astype(str), return_counts=True))})
+        c.dropped.update({k2: int(v) for k2, v in zip(*np.unique(reason[~first].astype(str), return_counts=True))})
         state.finish(name[: -len(".parquet")], df.filter(pl.Series(keep)), {"counts": c.to_dict()})
         manifest.counts.merge(c)
-    clusters = pl.concat(cluster_rows) if cluster_rows else pl.DataFrame(
-        schema={"id": pl.String, "cluster": pl.String, "cluster_size": pl.Int64, "kept": pl.Boolean, "reason": pl.String, "shard": pl.String})
-    with fs.atomic_writer(fs.join(out, "clusters.parquet")) as f:
-        clusters.write_parquet(f)
-    manifest.extra["dedupe"] = {"bands": opts.bands, "rows": opts.rows, "documents": int(len(roots)),
-                                "clusters": int(((size > 1) & (np.arange(len(size)) == roots)).sum()),
-                                "documents_in_clusters": int(len(clusters))}
-    manifest.extra["shards"] = [fs.name(s) for s in shards]
-    manifest.write(out)
-    return manifest
+    return pl.concat(cluster_rows) if cluster_rows else pl.DataFrame(schema=schema)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -255,7 +305,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "of IN_DIR at once. The first document of each cluster in corpus order is kept.\n"
         "OUT_DIR gets the shards under the same names, clusters.parquet (every member of every cluster:\n"
         "id, cluster, kept, reason) and manifest.json.\n\n"
-        "examples:\n  zhdata dedupe out/clean -o out/dedup\n  zhdata dedupe out/clean -o out/dedup --threshold 0.7 --no-verify",
+        "examples:\n  zhdata dedupe out/clean -o out/dedup\n  zhdata dedupe out/clean -o out/dedup --threshold 0.7 --no-verify\n"
+        "  zhdata dedupe s3://bucket/clean -o s3://bucket/dedup --engine ray --ray-address auto",
     )
     p.add_argument("input", metavar="IN_DIR", help="folder of Parquet shards (a `zhdata clean` output)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
@@ -272,6 +323,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "the default checks them, with n-gram sets spilled to disk, and picks bands for recall)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    add_engine_options(p)
     p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds another run")
     p.add_argument("--no-progress", action="store_true")
 
@@ -284,7 +336,7 @@ def run(a: argparse.Namespace) -> int:
         raise InputError("(command line)", None, "give both --bands and --rows, or neither")
     opts = DedupeOptions(not a.no_exact, not a.no_near, a.ngram, a.num_perm, a.threshold, a.bands, a.rows,
                          not a.no_verify, a.seed, a.text_field)
-    m = run_dedupe(a.input, a.output, opts, a.workers, a.overwrite, progress=not a.no_progress)
+    m = run_dedupe(a.input, a.output, opts, a.workers, a.overwrite, progress=not a.no_progress, engine=engine_from_args(a))
     c, d = m.counts, m.extra["dedupe"]
     print(f"documents {c.records_in:,}  kept {c.records_out:,}  "
           + "  ".join(f"{k} {v:,}" for k, v in sorted(c.dropped.items()))
