@@ -7,8 +7,8 @@ same input, same machine, one after the other, and a check that both wrote the s
 The input is `bench_zhdata.py scaling`'s resampled corpus (new documents of real paragraphs). Three runs per
 command: local (`--workers N` processes); ray joining a cluster this script started first (`ray.init(num_cpus=N)`,
 as a user with a running cluster would: `--ray-address`); ray started by the command itself (`--engine ray`
-alone: Ray's start-up included). CPU time (user + system, summed over the run's processes; idle Ray processes
-that existed before the run are not counted) tells what the engine costs on a busy machine. Memory is sampled every 0.1 s over every process of the run (the command, its
+alone: Ray's start-up included). CPU time (user + system during the run, summed over the run's processes, the
+cluster's own included) tells what the engine costs on a busy machine. Memory is sampled every 0.1 s over every process of the run (the command, its
 workers; for Ray also the Ray processes this script started): the largest single process, the largest worker,
 and the largest sum over all processes at one moment.
 """
@@ -40,7 +40,9 @@ class Sampler:
         self.roots, self.every = roots, every
         self.peak: dict[int, tuple[int, str]] = {}
         self.peak_sum = 0
-        self.cpu: dict[int, float] = {}  # user + sys seconds, last seen, per process
+        self.cpu: dict[int, list] = {}  # user + sys seconds per process: [first seen, last seen, name]
+        self.new: set[int] = set()  # processes started after the first sample
+        self._first = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -61,13 +63,18 @@ class Sampler:
                 try:
                     rss, name = p.memory_info().rss, " ".join(p.cmdline())[:200]
                     t = p.cpu_times()
-                    self.cpu[p.pid] = t.user + t.system
+                    if p.pid not in self.cpu:
+                        self.cpu[p.pid] = [t.user + t.system, 0.0, name]
+                        if not self._first:
+                            self.new.add(p.pid)
+                    self.cpu[p.pid][1] = t.user + t.system
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += rss
                 if rss > self.peak.get(p.pid, (0, ""))[0]:
                     self.peak[p.pid] = (rss, name)
             self.peak_sum = max(self.peak_sum, total)
+            self._first = False
             self._stop.wait(self.every)
 
     def __enter__(self) -> "Sampler":
@@ -90,11 +97,15 @@ def run(cmd: list[str], extra_roots: list[int], baseline: set[int]) -> dict:
     if p.returncode:
         raise SystemExit(err[-3000:])
     peaks = {pid: v for pid, v in s.peak.items() if pid not in baseline or pid == p.pid}
-    cpu = sum(c for pid, c in s.cpu.items() if pid not in baseline or pid == p.pid)
+    me = os.getpid()  # this script's own thread sampling is not the run's
+    used = {pid: last - (0 if pid in s.new or pid == p.pid else first)
+            for pid, (first, last, _) in s.cpu.items() if pid != me}
+    top = sorted(((round(c, 1), s.cpu[pid][2][:60]) for pid, c in used.items()), reverse=True)[:4]
+    cpu = sum(used.values())
     workers = [rss for pid, (rss, name) in peaks.items() if pid != p.pid and ("ray::" in name or "default_worker" in name
                                                                              or "multiprocessing" in name)]
     mb = lambda b: round(b / 2**20)  # noqa: E731
-    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "driver_peak_mb": mb(peaks[p.pid][0]),
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_top": top, "driver_peak_mb": mb(peaks[p.pid][0]),
             "largest_worker_peak_mb": mb(max(workers, default=0)), "largest_process_peak_mb": mb(max(v[0] for v in peaks.values())),
             "all_processes_peak_sum_mb": mb(s.peak_sum)}
 

@@ -156,3 +156,11 @@ def test_a_killed_ray_driver_resumes_from_its_finished_shards(ray_cluster, tmp_p
     assert _manifest(tmp_path / "local") == _manifest(out)
     kept = {n for n, t in finished.items() if (out / n).stat().st_mtime_ns == t}
     assert kept, "the rerun rewrote every shard the killed run had finished"
+
+
+def test_pack_on_local_worker_processes_equals_one_process(cleaned, tok_dir, tmp_path):
+    _, shards = cleaned
+    assert _pack(shards, tok_dir, tmp_path / "p1", "pt") == 0
+    assert _pack(shards, tok_dir, tmp_path / "p2", "pt", "--workers", "2") == 0
+    assert _bins(tmp_path / "p1") == _bins(tmp_path / "p2")
+    assert _manifest(tmp_path / "p1") == _manifest(tmp_path / "p2")
