@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from train.cli import main
-from train.compare import compare, read_run, side, training_curve, verdict
+from train.compare import compare, read_run, side, timing_caveat, training_curve, verdict
 from train.stats import paired_bootstrap
 from zhdata.manifest import Manifest
 
@@ -39,19 +39,21 @@ def planted_docs(bpc: float, seed: int, noise: float = 0.3, n: int = N_DOCS) -> 
 
 
 def make_run(root: Path, tokens_per_char: float = 1.5, chars_per_s: float = 100.0, zh: float = 3.0, en: float = 1.2,
-             acc: float = 0.3, seed: int = 0, noise: float = 0.3, model: Path | None = None, en_seed: int | None = None) -> Path:
+             acc: float = 0.3, seed: int = 0, noise: float = 0.3, model: Path | None = None, en_seed: int | None = None,
+             load: float | None = 0.5, host: str = "node1") -> Path:
     """A run folder as `train run` + `train eval` leave it: manifest, log.jsonl, eval/bpc.json, eval/mc.json."""
     root.mkdir(parents=True)
     chars = 10_000
     tokens = int(chars * tokens_per_char)
     man = Manifest("train run", {"model": str(model) if model else "", "seed": seed})
     man.extra["tokenizer"] = {"sha256": "ab" * 32}
-    man.extra["train"] = {"steps": 4, "tokens": tokens, "chars": chars, "train_s": chars / chars_per_s}
+    man.extra["train"] = {"steps": 4, "tokens": tokens, "chars": chars, "train_s": chars / chars_per_s, "host": host}
     man.write(root)
     lines = []
     for step in range(1, 5):
         lines.append(json.dumps({"step": step, "lm_loss": 4.0 / step, "tokens": tokens * step // 4,
-                                 "tokens_per_s": chars_per_s * tokens_per_char, "chars_per_s": chars_per_s}))
+                                 "tokens_per_s": chars_per_s * tokens_per_char, "chars_per_s": chars_per_s,
+                                 **({"load_per_core": load + 0.02 * step} if load is not None else {})}))
     lines.insert(2, "{broken")  # a torn line, as after a kill: skipped
     lines.append(json.dumps({"step": 4, "lm_loss": 0.5, "tokens": tokens, "tokens_per_s": chars_per_s * tokens_per_char,
                              "chars_per_s": chars_per_s, "eval_bpc_zh": zh}))  # step 4 logged again after a resume
@@ -210,3 +212,23 @@ def test_cli_refuses_non_run_folder(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["compare", str(tmp_path / "x"), str(tmp_path / "x"), "-o", str(tmp_path / "r")]) == 2
     assert "not a `train run` output folder" in capsys.readouterr().err
+
+
+def test_throughput_ratio_only_where_the_runs_timings_compare(tmp_path):
+    """The runs' logs record the machine load per core at every step and the manifest the host: a throughput
+    ratio measured under other load, on another host, or without a recorded load is not reported as a ratio."""
+    same = pair(tmp_path / "same", {"load": 0.50}, {"chars_per_s": 170.0, "load": 0.60})
+    assert "training throughput x1.70 characters/s" in verdict(*same)
+    assert timing_caveat([*same[0]["runs"], *same[1]["runs"]]) is None
+    busy = pair(tmp_path / "busy", {"load": 0.20}, {"chars_per_s": 170.0, "load": 1.40})
+    v = verdict(*busy)
+    assert "x1.70" not in v and "training throughput not comparable (the machine was loaded differently" in v
+    # means over the logged steps (step 4's later line, after a resume, has no load): 0.20 + 0.04, 1.40 + 0.04
+    assert "load per core 0.24 vs 1.44" in timing_caveat([*busy[0]["runs"], *busy[1]["runs"]])
+    hosts = pair(tmp_path / "hosts", {"host": "a"}, {"chars_per_s": 170.0, "host": "b"})
+    assert "not comparable (the runs ran on different hosts" in verdict(*hosts)
+    old = pair(tmp_path / "old", {"load": None}, {"chars_per_s": 170.0, "load": None})
+    assert "not comparable (the machine load is not in every run's log" in verdict(*old)
+    compare([Path(old[0]["runs"][0]["path"])], [Path(old[1]["runs"][0]["path"])], tmp_path / "report")
+    assert "Note: the throughputs above do not compare: the machine load is not in every run's log" in \
+        (tmp_path / "report" / "report.md").read_text(encoding="utf-8")

@@ -64,6 +64,7 @@ def training_curve(log: Path) -> list[dict[str, Any]]:
         point = {"step": step, "tokens": tokens, "chars": chars, "elapsed": elapsed,
                  "train_bpc": float(r["lm_loss"]) * ratio / LN2 if ratio and "lm_loss" in r else None}
         point.update({k: v for k, v in r.items() if (k.startswith("eval_bpc") or k.startswith("bpc_")) and v is not None})
+        point["load_per_core"] = r.get("load_per_core")
         curve.append(point)
     return curve
 
@@ -106,6 +107,8 @@ def read_run(run_dir: str | Path, eval_dir: str | Path | None, label: str) -> di
     bpc, mc = loaded["bpc"] or {}, loaded["mc"] or {}
     files = [run_dir / "manifest.json", run_dir / "log.jsonl", *paths.values()]
     tokens, chars, secs = train.get("tokens"), train.get("chars"), train.get("train_s")
+    curve = training_curve(run_dir / "log.jsonl")
+    loads = [p["load_per_core"] for p in curve if p.get("load_per_core") is not None]
     return {
         "label": label, "path": str(run_dir), "eval_dir": str(eval_dir), "seed": params.get("seed"),
         "model": describe_model(params.get("model")),
@@ -115,7 +118,8 @@ def read_run(run_dir: str | Path, eval_dir: str | Path | None, label: str) -> di
         "train_tokens_per_char": tokens / chars if tokens and chars else None,
         "chars_per_s": chars / secs if chars and secs else None,
         "tokens_per_s": tokens / secs if tokens and secs else None,
-        "curve": training_curve(run_dir / "log.jsonl"),
+        "curve": curve, "host": train.get("host"), "device": man.get("device"),
+        "load_per_core": sum(loads) / len(loads) if loads else None,
         "bpc": bpc.get("sets", {}),
         "mc": {b: {s: r["categories"]["overall"]["acc"] for s, r in v["shots"].items()}
                for b, v in mc.get("benchmarks", {}).items()},
@@ -295,6 +299,27 @@ def comparison(orig: dict[str, Any], ext: dict[str, Any]) -> dict[str, Any]:
             "mc": [d for b, shots in orig["mc"].items() for s in shots if (d := accuracy_difference(orig, ext, b, s))]}
 
 
+LOAD_SPREAD = 0.25  # mean load per core of two runs further apart than this: their throughputs do not compare
+
+
+def timing_caveat(runs: Sequence[dict[str, Any]]) -> str | None:
+    """Why the runs' training throughputs do not compare, from their own manifests and logs (other hosts or
+    devices, or mean machine load per core further apart than LOAD_SPREAD), or None when they do."""
+    hosts = sorted({r["host"] for r in runs if r.get("host")})
+    devices = sorted({r["device"] for r in runs if r.get("device")})
+    loads = [r.get("load_per_core") for r in runs]
+    if len(hosts) > 1:
+        return f"the runs ran on different hosts ({', '.join(hosts)})"
+    if len(devices) > 1:
+        return f"the runs ran on different devices ({', '.join(devices)})"
+    if any(x is None for x in loads):
+        return "the machine load is not in every run's log (runs of an older version), so it is unknown whether they compare"
+    if max(loads) - min(loads) > LOAD_SPREAD:
+        return (f"the machine was loaded differently during the runs (load per core {' vs '.join(f'{x:.2f}' for x in loads)}, "
+                "from their logs): the ratio measures the machine as much as the vocabularies")
+    return None
+
+
 def verdict(orig: dict[str, Any], ext: dict[str, Any], diffs: dict[str, Any] | None = None) -> str:
     """One line: the model it is about, the call on Chinese and English bpc (called only where the 95% interval
     excludes 0), tokens per character, benchmark accuracy and training throughput beside it."""
@@ -323,7 +348,9 @@ def verdict_parts(orig: dict[str, Any], ext: dict[str, Any], diffs: dict[str, An
             parts.append(describe_difference(d, f"{d['bench']} {d['shots']}-shot accuracy") + f": {_word(d['call'])}")
     speed = _ratio(ext["chars_per_s"], orig["chars_per_s"])
     if speed:
-        parts.append(f"training throughput x{speed:.2f} characters/s")
+        caveat = timing_caveat([*orig["runs"], *ext["runs"]])
+        parts.append(f"training throughput x{speed:.2f} characters/s" if caveat is None
+                     else f"training throughput not comparable ({caveat.split(' (')[0]})")
     if zc is None:
         call = "no Chinese bpc to compare (run `train eval --task bpc --data zh=...` into RUN/eval)"
     elif zc == "unclear":
@@ -413,6 +440,8 @@ def build_report(orig: dict[str, Any], ext: dict[str, Any], out: Path, base: dic
         ["training time (s)", orig["train_s"], ext["train_s"]],
         ["characters / s", orig["chars_per_s"], ext["chars_per_s"]],
         ["tokens / s", orig["tokens_per_s"], ext["tokens_per_s"]]])
+    if caveat := timing_caveat([*orig["runs"], *ext["runs"]]):
+        rep.text(f"Note: the throughputs above do not compare: {caveat}.")
     if orig["chars"] and ext["chars"] and abs(orig["chars"] - ext["chars"]) > 0.02 * orig["chars"]:
         rep.text(f"Note: the runs saw different amounts of text ({number(orig['chars'])} vs {number(ext['chars'])} "
                  "characters); compare the curves at equal characters.")

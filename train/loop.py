@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -93,6 +94,12 @@ def make_optimizer(cfg: RunConfig, named: dict[str, torch.nn.Parameter], device:
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_per_core() -> float | None:
+    """The machine's 1-minute load average per CPU core (None where the OS has none): logged with every step so
+    that `train compare` can tell whether two runs' throughputs were measured under comparable load."""
+    return round(os.getloadavg()[0] / (os.cpu_count() or 1), 2) if hasattr(os, "getloadavg") else None
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -442,7 +449,8 @@ def run_steps(tr: Trainer, data: RunData, state: dict, total: int, log: Path, pr
         state["train_s"] += dt
         record = {"step": state["step"], "lm_loss": s["lm_loss"], "aux_loss": s["aux_loss"], "lr": s["lr"],
                   "grad_norm": s["grad_norm"], "tokens": state["tokens"], "chars": state["chars"],
-                  "elapsed": round(state["train_s"], 3), "tokens_per_s": s["tokens"] / dt, "chars_per_s": s["chars"] / dt}
+                  "elapsed": round(state["train_s"], 3), "tokens_per_s": s["tokens"] / dt, "chars_per_s": s["chars"] / dt,
+                  "load_per_core": load_per_core()}
         if rank == 0 and (state["step"] % cfg.log_every == 0 or state["step"] == last_step):
             with log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -481,7 +489,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     val = (_val_loss(cfg, model, data.pad_id, ranks.device, run_autocast(ranks.device, ranks.dtype))
            if finished and (ranks.rank == 0 or placed) else None)
     result = {"steps": state["step"], "total_steps": total, "finished": finished, "tokens": state["tokens"],
-              "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val}
+              "chars": state["chars"], "train_s": round(state["train_s"], 3), "last": record, "val_lm_loss": val,
+              "host": socket.gethostname()}
     manifest.extra.update({"tokenizer": {"fingerprint": data.tok_sha, "path": str(data.tok_dir.resolve())},
                            "data": {"path": str(Path(cfg.data).resolve()), "sequences": len(data.ds),
                                     "manifest_sha256": identity["data_manifest_sha256"]},
