@@ -140,3 +140,38 @@ def test_run_folder_and_its_merged_model_give_the_same_answers(world, tmp_path):
         answers[name] = [json.loads(x)["answer"] for x in out.read_text(encoding="utf-8").splitlines()]
     assert answers["run"] == answers["merged"]
     assert answers["run"] != answers["base"]  # the adapter changed the answers: the run folder's adapter is used
+
+
+def test_a_rerun_answers_only_the_prompts_not_yet_answered_and_refuses_other_settings(world, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"q{i}", "prompt": t} for i, t in enumerate(PROMPTS[:4])]
+    write_jsonl(prompts, rows[:2])
+    out = tmp_path / "answers.jsonl"
+    argv = ["generate", str(world["model"]), "--prompts", str(prompts), "-o", str(out), "--max-new-tokens", "5", "--quiet"]
+    assert main(argv) == 0
+    first = out.read_text(encoding="utf-8").splitlines()
+    write_jsonl(prompts, rows)  # two prompts more
+    assert main([*argv, "--batch-size", "3"]) == 0  # the batch size changes no greedy answer: not a setting here
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == first  # the earlier answers kept as they were (times included), not generated again
+    assert [json.loads(x)["id"] for x in lines] == ["q0", "q1", "q2", "q3"]
+    man = json.loads((tmp_path / "answers.manifest.json").read_text(encoding="utf-8"))
+    assert man["output"]["from_earlier_run"] == 2 and man["output"]["answers"] == 4
+    fresh = tmp_path / "fresh.jsonl"
+    assert main(["generate", str(world["model"]), "--prompts", str(prompts), "-o", str(fresh), "--max-new-tokens", "5",
+                 "--quiet"]) == 0
+    assert [json.loads(x)["answer"] for x in lines] == [json.loads(x)["answer"] for x in fresh.read_text().splitlines()]
+
+    # killed while answering: the .tmp holds one whole answer and a torn line; the rerun answers the other three
+    out.unlink()
+    (tmp_path / "answers.jsonl.tmp").write_text(first[0] + "\n" + first[1][:25], encoding="utf-8")
+    assert main(argv) == 0
+    assert [json.loads(x)["id"] for x in out.read_text(encoding="utf-8").splitlines()] == ["q0", "q1", "q2", "q3"]
+    assert json.loads((tmp_path / "answers.manifest.json").read_text())["output"]["from_earlier_run"] == 1
+
+    capsys.readouterr()
+    assert main([*argv, "--temperature", "0.7"]) == 2
+    err = capsys.readouterr().err
+    assert "holds answers made with other settings (temperature 0.0 → 0.7)" in err and "--overwrite" in err
+    assert main([*argv, "--temperature", "0.7", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "answers.manifest.json").read_text())["output"]["from_earlier_run"] == 0

@@ -301,6 +301,42 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.name.split(".")[0] + ".manifest.json")
 
 
+def settings_path(out: Path) -> Path:
+    """`answers.jsonl` -> `answers.settings.json`: what the answers in `out` were made with (written before the
+    first answer, so that an interrupted run is resumed only with the same settings)."""
+    return out.with_name(out.name.split(".")[0] + ".settings.json")
+
+
+def earlier_answers(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, str]:
+    """Answer lines already in `out` or its `.tmp` (an interrupted run) by prompt id, when they were made with
+    `identity` (model, name and decoding settings); refuses other settings unless `overwrite`. A line torn by a
+    kill is left out (its prompt is answered again)."""
+    sfile = settings_path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if overwrite or not sfile.is_file():
+        return {}
+    try:
+        saved = json.loads(sfile.read_text(encoding="utf-8"))
+    except ValueError:
+        saved = None
+    if saved != identity:
+        old = saved if isinstance(saved, dict) else {}
+        what = ", ".join(f"{k} {old.get(k)!r} → {identity.get(k)!r}" for k in identity if old.get(k) != identity.get(k))
+        raise InputError(out, None, f"holds answers made with other settings ({what or 'unreadable settings file'})",
+                         "give another -o, or --overwrite to answer every prompt again")
+    lines: dict[str, str] = {}
+    for path in (out, tmp):
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "id" in rec and "answer" in rec:
+                    lines[str(rec["id"])] = line
+    return lines
+
+
 def settings_from_args(args: argparse.Namespace) -> GenSettings:
     return GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                        repetition_penalty=args.repetition_penalty, seed=args.seed,
@@ -336,23 +372,40 @@ def run(args: argparse.Namespace) -> int:
     prompts = list(read_prompts(files, counts, policy))
     if not prompts:
         raise InputError(files[0], None, "no usable prompt in the prompt files")
-    model, tok = _load(args.model, None, args.device)
     name = args.name or model_name(args.model)
+    # the batch size changes no greedy answer (batched with left padding = one at a time); everything else may
+    identity = {"model": str(Path(args.model).resolve()), "name": name,
+                **{k: v for k, v in asdict(s).items() if k != "batch_size"}}
+    earlier = earlier_answers(out, identity, args.overwrite)
+    todo = [p for p in prompts if p.id not in earlier]
+    model, tok = _load(args.model, None, args.device)
     out.parent.mkdir(parents=True, exist_ok=True)
+    settings_path(out).write_text(json.dumps(identity, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp = out.with_name(out.name + ".tmp")
-    totals = {"answers": 0, "prompt_tokens": 0, "answer_tokens": 0, "finish": {}}
-    t0 = time.perf_counter()
+    t0, new_tokens = time.perf_counter(), 0
     with tmp.open("w", encoding="utf-8") as f:
-        for a in _answer_stream(model, tok, prompts, s, counts, policy, not args.quiet, len(prompts)):
-            f.write(json.dumps({"model": name, **a}, ensure_ascii=False) + "\n")
-            totals["answers"] += 1
-            totals["prompt_tokens"] += a["prompt_tokens"]
-            totals["answer_tokens"] += a["answer_tokens"]
-            totals["finish"][a["finish"]] = totals["finish"].get(a["finish"], 0) + 1
+        f.writelines(line + "\n" for line in earlier.values())
+        f.flush()
+        for a in _answer_stream(model, tok, todo, s, counts, policy, not args.quiet, len(todo)):
+            line = json.dumps({"model": name, **a}, ensure_ascii=False)
+            f.write(line + "\n")
+            f.flush()  # what is answered survives a kill
+            earlier[a["id"]] = line
+            new_tokens += a["answer_tokens"]
+    order = [p.id for p in prompts if p.id in earlier] + [i for i in earlier if i not in {p.id for p in prompts}]
+    with tmp.open("w", encoding="utf-8") as f:  # prompt order; answers of prompts no longer asked kept at the end
+        f.writelines(earlier[i] + "\n" for i in order)
     tmp.replace(out)
     elapsed = time.perf_counter() - t0
+    totals: dict[str, Any] = {"answers": 0, "prompt_tokens": 0, "answer_tokens": 0, "finish": {},
+                              "from_earlier_run": len(prompts) - len(todo)}
+    for a in (json.loads(earlier[i]) for i in order):
+        totals["answers"] += 1
+        totals["prompt_tokens"] += a["prompt_tokens"]
+        totals["answer_tokens"] += a["answer_tokens"]
+        totals["finish"][a["finish"]] = totals["finish"].get(a["finish"], 0) + 1
     totals["seconds"] = round(elapsed, 3)
-    totals["answer_tokens_per_s"] = round(totals["answer_tokens"] / elapsed, 2) if elapsed else None
+    totals["answer_tokens_per_s"] = round(new_tokens / elapsed, 2) if elapsed else None  # this run's answers only
     man.counts.merge(counts)
     from .scoring import tokenizer_fingerprint
 
@@ -363,7 +416,8 @@ def run(args: argparse.Namespace) -> int:
     if policy.examples:
         man.warnings.extend(policy.examples)
     man.write(out.parent, name=manifest_path(out).name)
-    print(f"train generate: {totals['answers']} answers, {totals['answer_tokens']} new tokens in {elapsed:.1f}s "
+    reused = f" ({totals['from_earlier_run']} from the earlier run)" if totals["from_earlier_run"] else ""
+    print(f"train generate: {totals['answers']} answers{reused}, {new_tokens} new tokens in {elapsed:.1f}s "
           f"({totals['answer_tokens_per_s']} tokens/s) -> {out}")
     return 0
 
@@ -387,4 +441,7 @@ time of its batch), batch_size; `<name>.manifest.json` beside it holds inputs, s
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward batch (left padded; default 8)")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad prompt records: stop, or count and skip")
+    p.add_argument("--overwrite", action="store_true",
+                   help="answer every prompt again (by default a rerun into the same -o with the same model and "
+                   "settings answers only the prompt ids not yet answered, and other settings are refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
