@@ -319,3 +319,14 @@ def test_every_command_that_reads_text_takes_encoding_and_max_record_mb(prog, co
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--encoding" in out and "--max-record-mb" in out and "auto" in out
+
+
+def test_a_json_array_over_the_record_limit_is_refused_with_its_name(tmp_path):
+    from zhdata.errors import InputError
+    from zhdata.readers import ReadOptions, iter_records
+
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps([{"text": "长" * 300} for _ in range(10)], ensure_ascii=False), encoding="utf-8")
+    assert len(list(iter_records(path, read=ReadOptions(max_record_mb=0.01)))) == 10  # 10 KiB: under the limit
+    with pytest.raises(InputError, match=r"big\.json: a JSON array over --max-record-mb 0\.001 MB .*JSON Lines"):
+        list(iter_records(path, read=ReadOptions(max_record_mb=0.001)))

@@ -452,6 +452,13 @@ def iter_records(piece: Piece | str | Path, fmt: str | None = None, policy: Erro
 
 
 def _iter_json_array(piece: Piece, read: ReadOptions, policy: ErrorPolicy) -> Iterator[tuple[int, Any]]:
+    # a JSON array is parsed whole (json.loads: ~10x its size in memory), so --max-record-mb bounds the whole file
+    with _open_piece(piece) as fh:
+        over = len(fh.read(read.max_record_bytes + 1)) > read.max_record_bytes
+    if over:
+        raise InputError(piece.path, None, f"a JSON array over --max-record-mb {read.max_record_mb:g} MB (it is parsed "
+                         "whole, so the limit bounds the whole file)", "convert it to JSON Lines (jq -c '.[]' FILE > "
+                         "FILE.jsonl: each record is then read on its own), or raise --max-record-mb")
     text = _read_whole(piece, read, policy, limited=False)
     if text is None:
         return
