@@ -330,3 +330,18 @@ def test_a_json_array_over_the_record_limit_is_refused_with_its_name(tmp_path):
     assert len(list(iter_records(path, read=ReadOptions(max_record_mb=0.01)))) == 10  # 10 KiB: under the limit
     with pytest.raises(InputError, match=r"big\.json: a JSON array over --max-record-mb 0\.001 MB .*JSON Lines"):
         list(iter_records(path, read=ReadOptions(max_record_mb=0.001)))
+
+
+def test_a_file_that_grows_between_plan_and_read_is_refused(tmp_path):
+    from zhdata.errors import InputError
+    from zhdata.readers import iter_records, plan_pieces
+
+    path = tmp_path / "growing.jsonl"
+    path.write_text('{"text": "一"}\n{"text": "二"}\n', encoding="utf-8")
+    pieces = plan_pieces([path], target_bytes=8)
+    assert len(pieces) == 2 and [r["text"] for p in pieces for _, r in iter_records(p)] == ["一", "二"]
+    with path.open("a", encoding="utf-8") as f:  # another process appends while the run reads
+        f.write('{"text": "三"}\n')
+    with pytest.raises(InputError, match=r"growing\.jsonl: changed while this run read it \(32 bytes when the run was "
+                                         r"planned, 48 now\)"):
+        list(iter_records(pieces[1]))

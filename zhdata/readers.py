@@ -192,6 +192,7 @@ class Piece:
     end: int | None = None
     first_line: int = 1
     encoding: str = "utf-8"  # never "auto": resolved per file when the pieces are planned
+    file_size: int | None = None  # the whole file's size when the pieces were planned: checked when a piece is read
 
 
 def _scan_to_newline(fh: BinaryIO, pos: int, size: int, chunk: int = 1 << 20) -> int:
@@ -227,13 +228,13 @@ def plan_pieces(files: list[str | Path], fmt: str | None = None, target_bytes: i
         size = fs.size(f)
         splittable = ff in ("jsonl", "txt") and split_compression(f)[1] is None and enc != "utf-16"
         if not splittable or size <= target_bytes:
-            pieces.append(Piece(str(f), ff, i, 0, encoding=enc))
+            pieces.append(Piece(str(f), ff, i, 0, encoding=enc, file_size=size))
             continue
         start, line, part = 0, 1, 0
         with _open_file(f) as fh:
             while start < size:
                 end = _scan_to_newline(fh, start + target_bytes, size) if start + target_bytes < size else size
-                pieces.append(Piece(str(f), ff, i, part, start, end, line, enc))
+                pieces.append(Piece(str(f), ff, i, part, start, end, line, enc, size))
                 line += _count_newlines(fh, start, end)
                 start, part = end, part + 1
     return pieces
@@ -316,6 +317,9 @@ def _lines(fh: Any, first_line: int, limit: int, length: int | None) -> Iterator
 
 
 def _open_piece(piece: Piece) -> Any:
+    if piece.file_size is not None and (now := fs.size(piece.path)) != piece.file_size:
+        raise InputError(piece.path, None, f"changed while this run read it ({piece.file_size:,} bytes when the run was "
+                         f"planned, {now:,} now)", "rerun when the file is complete: a changed file is another input")
     if piece.end is not None:
         fh = _open_file(piece.path)
         fh.seek(piece.start)
