@@ -8,6 +8,7 @@ import shutil
 from dataclasses import fields
 
 import pytest
+import torch
 
 from test_train_run import SMALL, _log, world  # noqa: F401 (world is a fixture)
 from train.cli import main
@@ -117,3 +118,44 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_run_resumes(w
     assert main(["run", "--config", str(out / "run.toml"), "--resume", "auto", "--quiet"]) == 0
     assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 5, 6]
     assert json.loads((out / "manifest.json").read_text())["train"]["steps"] == 6
+
+
+def test_resume_refuses_an_optimizer_state_of_other_parameter_groups(world, capsys):
+    """A checkpoint whose optimizer state was saved for other parameter groups (before the weight-decay split of
+    2a5fcd4 AdamW had one group of every trainable parameter, and saved no names) ends in a one-line error that
+    names the checkpoint and the way out, never a traceback."""
+    out = world["root"] / "run-resume-groups"
+    args = ["run", "--model", str(world["mixtral"]), "--data", str(world["pt-orig"]), "--tokenizer", str(world["base"]),
+            "--output-dir", str(out), "--max-steps", "2", "--quiet"]
+    for k, v in SMALL.items():
+        flag = "--" + k.replace("_", "-")
+        args += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, str(v)]
+    assert main([*args, "--stop-after", "1"]) == 0
+    (ck,) = (out / "checkpoints").glob("step-*")
+    saved = torch.load(ck / "optimizer.pt", weights_only=False)
+    names = saved["param_names"]
+    assert len(names) == 2 and names[0] and all("lm_head" in n or "embed_tokens" in n for n in names[1])
+    resume = ["run", "--config", str(out / "run.toml"), "--resume", "auto", "--quiet"]
+
+    def refused(optimizer_pt: dict) -> str:
+        torch.save(optimizer_pt, ck / "optimizer.pt")
+        capsys.readouterr()
+        assert main(resume) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+        assert str(ck / "optimizer.pt") in line and "new --output-dir" in line
+        return line
+
+    groups = saved["optimizer"]["param_groups"]
+    old = {**saved, "optimizer": {**saved["optimizer"], "param_groups": [
+        {**groups[0], "params": [i for g in groups for i in g["params"]]}]}}
+    del old["param_names"]
+    sizes = [len(names[0]), len(names[1])]
+    assert f"parameter groups of [{sum(sizes)}] parameters, this version of train run makes groups of {sizes}" \
+           in refused(old)
+    swapped = {**saved, "param_names": [names[0][::-1], names[1]]}
+    assert "holding other parameters" in refused(swapped)
+    torch.save(saved, ck / "optimizer.pt")
+    assert main(resume) == 0  # the checkpoint as written resumes
+    assert json.loads((out / "manifest.json").read_text())["train"]["steps"] == 2

@@ -118,7 +118,8 @@ def save_checkpoint(out: Path, model, opt, sched, state: dict, rank: int, world:
     if rank == 0 or sharded:
         part = f"-{rank}" if sharded else ""
         _save({n: p.detach().cpu() for n, p in _trainable(model).items()}, ck / f"trainable{part}.pt")
-        _save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, ck / f"optimizer{part}.pt")
+        _save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+               "param_names": _group_names(model, opt)}, ck / f"optimizer{part}.pt")
     if sharded:
         dist.barrier()  # every rank's part is written before state.json marks the checkpoint whole
     if rank == 0:
@@ -208,6 +209,25 @@ def _short(v) -> str:
     return repr(v[:12] + "…" if isinstance(v, str) and len(v) == 64 else v)  # sha256s cut to 12 hex digits
 
 
+def _group_names(model, opt) -> list[list[str]]:
+    """Names of the parameters of each optimizer group, in order: what a saved optimizer state is indexed by."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
+
+
+def _check_groups(path: Path, saved: dict, groups: list[list[str]]) -> None:
+    """A saved optimizer state fits only the same parameter groups (torch would raise a bare ValueError, or, with
+    equal group sizes, silently give one parameter's moments to another). Checkpoints without `param_names`
+    (written before they were saved) are checked by group sizes."""
+    sizes, now = [len(g["params"]) for g in saved["optimizer"]["param_groups"]], [len(g) for g in groups]
+    if sizes != now or saved.get("param_names", groups) != groups:
+        raise InputError(path, None, f"the optimizer state is for parameter groups of {sizes} parameters"
+                         + (" holding other parameters" if sizes == now else "")
+                         + f", this version of train run makes groups of {now} (another weight-decay split)",
+                         hint="this checkpoint cannot be continued: train afresh in a new --output-dir, or resume "
+                              "with the version that wrote it")
+
+
 def load_checkpoint(ck: Path, model, opt, sched, rank: int, sharded: bool = False) -> dict:
     """Restore trainable weights, optimizer, schedule and this rank's RNG from `ck` (checked by find_checkpoint);
     `sharded`: this rank's own part (see `save_checkpoint`)."""
@@ -222,6 +242,7 @@ def load_checkpoint(ck: Path, model, opt, sched, rank: int, sharded: bool = Fals
         for n, p in params.items():
             p.copy_(saved[n])
     o = torch.load(ck / f"optimizer{part}.pt", map_location="cpu", weights_only=False)
+    _check_groups(ck / f"optimizer{part}.pt", o, _group_names(model, opt))
     opt.load_state_dict(o["optimizer"])
     sched.load_state_dict(o["scheduler"])
     rng = ck / f"rng-{rank}.pt"
