@@ -7,8 +7,9 @@ touch, and peft's `target_parameters` LoRA silently loses adapters once those pa
 - `NF4LoraExperts` replaces `MixtralExperts`: one bitsandbytes `Linear4bit` (NF4, double quantisation) per
   expert and matrix, `w1` (gate, I x H), `w2` (down, H x I) and `w3` (up, I x H) as in the released
   checkpoints, each with its own per-expert rank-r LoRA as in the paper: `w1_A (E, r, H)`, `w1_B (E, I, r)`,
-  `w3_A (E, r, H)`, `w3_B (E, I, r)`, `w2_A (E, r, I)`, `w2_B (E, H, r)`; routing and expert math are
-  transformers' eager path.
+  `w3_A (E, r, H)`, `w3_B (E, I, r)`, `w2_A (E, r, I)`, `w2_B (E, H, r)`. The forward sorts the (token,
+  expert) pairs by expert and runs each matrix as one grouped GEMM over all experts (`grouped_linear`), each
+  expert's NF4 matrix dequantized once per forward (and once more in the backward, never kept).
 - `LoraRouter` replaces `MixtralTopKRouter` (it subclasses it, so transformers still records its logits for
   the load-balancing loss): frozen router weight plus `adapter_A (r, H)`, `adapter_B (E, r)`.
 
@@ -85,6 +86,60 @@ def dequantized(lin: nn.Module) -> torch.Tensor:
     return w.data
 
 
+def grouped_mm_runs(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether torch's grouped GEMM (`torch.nn.functional.grouped_mm`) takes `x` and `w` (G, out, in): rows of
+    whole 16-byte multiples (it refuses others: e.g. LoRA rank 4 in bf16), on CPU (its own implementation) or in
+    bf16 on a CUDA GPU of compute capability 8.0 or more (its documented kernels)."""
+    if any(d * w.element_size() % 16 for d in w.shape[-2:]):
+        return False
+    if x.device.type == "cpu":
+        return True
+    return (x.device.type == "cuda" and x.dtype == w.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device) >= (8, 0))
+
+
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """`F.linear` of each group of rows of `x` (N, in) with its group's matrix `w[g]` (out, in); `offs` (G,) int32:
+    the end of each group's rows, groups in order. One grouped GEMM where the hardware has it, else a loop over
+    the groups (bit for bit the same on CPU, tested). Under CUDA autocast it computes in autocast's dtype, as
+    `F.linear` does."""
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        x, w = x.to(torch.get_autocast_dtype("cuda")), w.to(torch.get_autocast_dtype("cuda"))
+    if grouped_mm_runs(x, w):
+        return F.grouped_mm(x, w.transpose(-2, -1), offs=offs)
+    ends = offs.tolist()
+    return torch.cat([F.linear(x[s:t], w[g]) for g, (s, t) in enumerate(zip([0, *ends[:-1]], ends))])
+
+
+def dequantize_experts(mats: nn.ModuleList, dtype: torch.dtype) -> torch.Tensor:
+    """Every expert's NF4 matrix of one kind (a `ModuleList` of `Linear4bit`) as one (E, out, in) tensor in `dtype`."""
+    first = mats[0].weight
+    out = torch.empty(len(mats), *first.quant_state.shape, dtype=first.quant_state.dtype, device=first.device)
+    for e, lin in enumerate(mats):
+        if out.is_cuda:
+            dequantize_4bit(lin.weight.data, lin.weight.quant_state, out=out[e])
+        else:  # bitsandbytes has no CPU kernel that writes into `out`
+            out[e] = dequantize_4bit(lin.weight.data, lin.weight.quant_state)
+    return out.to(dtype)
+
+
+class NF4GroupedLinear(torch.autograd.Function):
+    """`grouped_linear(x, dequantized NF4 matrices, offs)` for frozen matrices: dequantized in the forward and
+    again in the backward (the input gradient), never saved, as bitsandbytes' own 4-bit matmul does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, offs: torch.Tensor, mats: nn.ModuleList) -> torch.Tensor:
+        ctx.mats = mats
+        ctx.save_for_backward(offs)
+        return grouped_linear(x, dequantize_experts(mats, x.dtype), offs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (offs,) = ctx.saved_tensors
+        w = dequantize_experts(ctx.mats, grad.dtype)
+        return grouped_linear(grad.contiguous(), w.transpose(-2, -1), offs), None, None
+
+
 def _init_lora_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     """peft's default: A ~ kaiming-uniform(a=sqrt(5)) per matrix, B = 0 (the adapter starts as a no-op)."""
     for m in a.view(-1, *a.shape[-2:]):
@@ -116,6 +171,7 @@ class NF4LoraExperts(LoraFactors):
                  r: int = 0, alpha: float = 0.0, dropout: float = 0.0, blocksize: int = 64):
         super().__init__()
         self.num_experts, self.hidden_dim, self.intermediate_dim = num_experts, hidden_dim, intermediate_dim
+        self.compute_dtype = compute_dtype
         self.act_fn = act_fn
         for w in EXPERT_MATRICES:
             setattr(self, w, nn.ModuleList(to_linear4bit(read(e, w), device, compute_dtype, blocksize)
@@ -134,28 +190,28 @@ class NF4LoraExperts(LoraFactors):
         h, i = self.hidden_dim, self.intermediate_dim
         return {"w1": (i, h), "w2": (h, i), "w3": (i, h)}
 
-    def _proj(self, x: torch.Tensor, e: int, w: str) -> torch.Tensor:
-        y = getattr(self, w)[e](x)
+    def _proj(self, x: torch.Tensor, offs: torch.Tensor, w: str) -> torch.Tensor:
+        """Rows of `x` (sorted by expert, `offs` the ends of the experts' runs) through matrix `w` of their expert
+        plus its LoRA; dtypes as `Linear4bit` + peft: the NF4 product in the compute dtype, LoRA in fp32."""
+        y = NF4GroupedLinear.apply(x.to(self.compute_dtype), offs, getattr(self, w)).to(x.dtype)
         if self.r:
-            y = y + self._lora(x, getattr(self, f"{w}_A")[e], getattr(self, f"{w}_B")[e])
+            h = self.lora_dropout(x).to(torch.float32)
+            a, b = getattr(self, f"{w}_A"), getattr(self, f"{w}_B")
+            y = y + (grouped_linear(grouped_linear(h, a, offs), b, offs) * self.scaling).to(x.dtype)
         return y
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
-        # Same routing arithmetic as transformers' eager `MixtralExperts.forward`.
-        final_hidden_states = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)
-            expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
-        for expert_idx in expert_hit:
-            e = int(expert_idx[0])
-            if e == self.num_experts:
-                continue
-            top_k_pos, token_idx = torch.where(expert_mask[e])
-            current = hidden_states[token_idx]
-            current = self._proj(self.act_fn(self._proj(current, e, "w1")) * self._proj(current, e, "w3"), e, "w2")
-            current = current * top_k_weights[token_idx, top_k_pos, None]
-            final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
-        return final_hidden_states
+        """transformers' `MixtralExperts` arithmetic (top_k_index < num_experts: our `LoraRouter`'s), grouped:
+        no Python loop over tokens or experts, no host synchronisation where torch's grouped GEMM runs."""
+        k = top_k_index.shape[-1]
+        flat = top_k_index.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # (token, slot) pairs by expert; tokens ascending within one
+        offs = torch.bincount(flat, minlength=self.num_experts).cumsum(0).to(torch.int32)
+        token = order // k
+        x = hidden_states[token]
+        h = self.act_fn(self._proj(x, offs, "w1")) * self._proj(x, offs, "w3")
+        y = self._proj(h, offs, "w2") * top_k_weights.reshape(-1)[order, None]
+        return torch.zeros_like(hidden_states).index_add_(0, token, y.to(hidden_states.dtype))
 
 
 class LoraRouter(MixtralTopKRouter, LoraFactors):
