@@ -35,19 +35,22 @@ def mixtral_8x7b(layers: int) -> MixtralConfig:
                          max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)
 
 
-def footprint(c: MixtralConfig, r: int = 64) -> dict:
-    """Weights and trainable state in GiB, from the dimensions alone."""
+def footprint(c: MixtralConfig, r: int = 64, gpus: int = 1) -> dict:
+    """Weights and trainable state in GiB, from the dimensions alone; `gpus` > 1: per GPU under `--shard experts`
+    (each GPU holds E/gpus experts of every layer and their LoRA state; the rest replicated)."""
     h, i, e, n = c.hidden_size, c.intermediate_size, c.num_local_experts, c.num_hidden_layers
     hd = h // c.num_attention_heads
     attn = n * (2 * h * h + 2 * h * c.num_key_value_heads * hd)
     experts = n * e * 3 * h * i
     emb = 2 * c.vocab_size * h
+    expert_lora = n * e * 3 * r * (h + i)                                     # experts w1/w2/w3
     lora = n * (r * (h + h) * 2 + r * (h + c.num_key_value_heads * hd) * 2   # q, o, k, v
-                + e * 3 * r * (h + i) + r * (h + e))                           # experts w1/w2/w3, router
+                + r * (h + e)) + expert_lora                                   # router
     trainable = lora + emb
-    ours = {"experts_nf4": experts * NF4_BYTES_PER_PARAM, "attention_nf4": attn * NF4_BYTES_PER_PARAM,
+    held = trainable - expert_lora + expert_lora // gpus
+    ours = {"experts_nf4": experts // gpus * NF4_BYTES_PER_PARAM, "attention_nf4": attn * NF4_BYTES_PER_PARAM,
             "embeddings_fp32_frozen_and_trained_copy": 2 * emb * 4,
-            "trainable_fp32_param_grad_adamw": trainable * 16}
+            "trainable_fp32_param_grad_adamw": held * 16}
     plain = {"experts_bf16": experts * 2, "attention_nf4": attn * NF4_BYTES_PER_PARAM, "embeddings_bf16": emb * 2,
              "trainable_fp32_param_grad_adamw": trainable * 16}
     plain_kbit = dict(plain, experts_bf16=0, experts_fp32_after_prepare_model_for_kbit_training=experts * 4)
@@ -55,6 +58,34 @@ def footprint(c: MixtralConfig, r: int = 64) -> dict:
     return {"params_total": attn + experts + emb + n * e * h, "trainable": trainable, "lora": lora,
             "qlora_nf4_experts_gib": gib(ours), "plain_bnb_gib": gib(plain),
             "plain_bnb_after_prepare_model_for_kbit_training_gib": gib(plain_kbit)}
+
+
+def activations(c: MixtralConfig, seq: int, gpus: int = 1) -> dict:
+    """Estimated activation memory in GiB at micro-batch 1, gradient checkpointing per decoder layer, bf16
+    autocast, `--shard experts` over `gpus` with balanced routing (an estimate to compare with the measured peak,
+    not a bound): the fp32 residual stream saved at every layer's input, the logits (bf16, the loss's fp32 copy
+    and its gradient), one layer recomputed and differentiated (expert pairs: gathered inputs, w1/w3 outputs,
+    activation, product and their gradients; attention projections with SDPA, no seq x seq matrix), and this
+    rank's experts of one matrix kind dequantized to bf16 in the forward and again in the backward."""
+    h, i, e, k, n = c.hidden_size, c.intermediate_size, c.num_local_experts, c.num_experts_per_tok, c.num_hidden_layers
+    pairs = seq * k
+    parts = {"saved_layer_inputs": n * seq * h * 4, "logits_and_loss": seq * c.vocab_size * (2 + 4 + 4),
+             "one_layer_moe": pairs * (2 * h * 4 + 7 * i * 2), "one_layer_attention": 10 * seq * h * 2,
+             "dequantized_experts": 2 * (e // gpus) * i * h * 2}
+    return {key: round(v / GiB, 2) for key, v in parts.items()} | {"total": round(sum(parts.values()) / GiB, 2)}
+
+
+def memory_table(c: MixtralConfig) -> list[dict]:
+    """GPU memory per GPU for 1, 2, 4 and 8 GPUs, with and without `--shard experts`, before activations and with
+    the activation estimate at sequence 1024 and 4096 (what README's memory table shows)."""
+    rows = []
+    for gpus in (1, 2, 4, 8):
+        for shard in (("none", "experts") if gpus > 1 else ("none",)):
+            split = gpus if shard == "experts" else 1
+            base = footprint(c, gpus=split)["qlora_nf4_experts_gib"]["total"]
+            rows.append({"gpus": gpus, "shard": shard, "before_activations_gib": base,
+                         **{f"seq_{s}_gib": round(base + activations(c, s, split)["total"], 1) for s in (1024, 4096)}})
+    return rows
 
 
 def tiny(layers: int) -> MixtralConfig:
@@ -103,7 +134,9 @@ def main() -> None:
     ap.add_argument("--optimizer", choices=("adamw", "paged_adamw_8bit"), default="adamw")
     ap.add_argument("--tiny", action="store_true", help="tiny dimensions on CPU: checks the script, measures nothing")
     args = ap.parse_args()
-    print(json.dumps({"computed_footprint_32_layers": footprint(mixtral_8x7b(32))}))
+    print(json.dumps({"computed_footprint_32_layers": footprint(mixtral_8x7b(32)),
+                      "estimated_activations_32_layers": {s: activations(mixtral_8x7b(32), s) for s in args.seq},
+                      "computed_memory_per_gpu": memory_table(mixtral_8x7b(32))}))
     device = torch.device("cpu" if args.tiny else "cuda")
     cfg = RunConfig(model="bench", data="-", output_dir="-", optimizer=args.optimizer)
     t0 = time.time()
