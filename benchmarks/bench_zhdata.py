@@ -1,9 +1,10 @@
-"""Benchmarks of `zhdata clean` and `zhdata dedupe` (issue: zhdata foundation). Four sub-commands:
+"""Benchmarks of `zhdata clean` and `zhdata dedupe` (issue: zhdata foundation). Five sub-commands:
 
     python benchmarks/bench_zhdata.py clean   --corpus ../shared/corpus/zh      # MB/s per core vs plain Python
     python benchmarks/bench_zhdata.py minhash --corpus ../shared/corpus/zh      # MB/s per core vs datasketch
     python benchmarks/bench_zhdata.py quality --corpus ../shared/corpus/zh      # pair precision/recall
     python benchmarks/bench_zhdata.py scaling --corpus ../shared/corpus/zh --sizes 100 500 2000 --work /tmp/bz
+    python benchmarks/bench_zhdata.py mainland --corpus ../shared/corpus/zh     # dedupe key in mainland usage
 
 Per-core figures are measured in one process with POLARS_MAX_THREADS=1, so they are per core.
 """
@@ -36,6 +37,7 @@ from zhdata.lsh import band_keys  # noqa: E402
 from zhdata.normalize import Normalizer, dedupe_key, opencc_convert  # noqa: E402
 from zhdata.ngrams import codepoints, ngram_hashes  # noqa: E402
 from corpus_texts import load_texts  # noqa: E402
+from zhdata.readers import expand_inputs, iter_records  # noqa: E402
 
 
 def mb(texts: list[str]) -> float:
@@ -267,9 +269,59 @@ def bench_scaling(a: argparse.Namespace) -> dict:
     return out
 
 
+# --- 5. dedupe key in mainland usage (issue 14) --------------------------------------------------
+def bench_mainland(a: argparse.Namespace) -> dict:
+    """Simplified documents and their Taiwan versions (OpenCC s2twp: Traditional characters, Taiwan phrasing),
+    both cleaned with the default t2s as `zhdata clean` writes them; twin pairs at 5-gram Jaccard >= 0.8 and pairs
+    the default dedupe (LSH 16 x 8 + exact verification) clusters, with the plain key and the mainland key; the
+    key's cost per MB against the OpenCC conversions."""
+    rng = np.random.default_rng(0)
+    files = {f.name: f for f in expand_inputs([a.corpus])}
+    docs = [r["text"] for n in ("cmrc2018_wiki_contexts_zh_cn.jsonl", "python_docs_zh_cn_po.jsonl", "react_docs_zh_hans_md.jsonl",
+                                "prc_laws_regulations_zh_cn.jsonl") for _, r in iter_records(files[n])]
+    docs = [t for t in docs if 200 <= len(t) <= 3000]
+    docs = [docs[i] for i in rng.choice(len(docs), min(a.docs, len(docs)), replace=False)]
+    twins = opencc_convert(docs, "s2twp")
+    cleaned = Normalizer().apply(pl.Series(docs + twins))[0]
+    n = len(docs)
+    out: dict = {"documents": n, "twins": n, "twins changed by s2twp": sum(x != y for x, y in zip(docs, twins))}
+    d = DedupeOptions().resolved()
+    for name, mainland in (("plain key (NFKC, no punctuation)", False), ("mainland key (default)", True)):
+        keys = dedupe_key(cleaned, mainland=mainland).to_list()
+        truth = exact_pairs(keys, 5, 0.5)
+        twin_j = np.array([truth.get((i, i + n), 0.0) for i in range(n)])
+        sigs = signatures(keys, 128, 5)
+        found = {p for p in lsh_pairs(sigs, d.bands, d.rows) if truth.get(p, 0.0) >= 0.8}
+        out[name] = {"twin pairs with Jaccard >= 0.8": int((twin_j >= 0.8).sum()),
+                     "median twin Jaccard (0 where under 0.5)": round(float(np.median(twin_j)), 3),
+                     "twin pairs clustered by the default dedupe": sum((i, i + n) in found for i in range(n)),
+                     "other pairs clustered": sum(1 for i, j in found if j != i + n)}
+    texts = Normalizer().apply(pl.Series(load_texts(a.corpus, a.limit_mb)))[0]
+    size = sum(len(t.encode()) for t in texts.to_list()) / 1e6
+    vals = texts.to_list()
+    keys = dedupe_key(texts).to_list()
+    rates = {"MB": round(size, 1)}
+    for name, fn in (("dedupe_key, plain", lambda: dedupe_key(texts, mainland=False)),
+                     ("dedupe_key, mainland (default)", lambda: dedupe_key(texts)),
+                     ("OpenCC t2s alone", lambda: opencc_convert(vals, "t2s")),
+                     ("OpenCC tw2sp alone", lambda: opencc_convert(vals, "tw2sp")),
+                     ("MinHash signatures of the keys", lambda: signatures(keys, 128, 5))):
+        fn()  # warm: the converter is built once per process
+        best = min(_cpu(fn) for _ in range(2))
+        rates[name] = {"MB/s": round(size / best, 1), "ms per MB": round(1000 * best / size, 1)}
+    out["cost per core (cleaned corpus text)"] = rates
+    return out
+
+
+def _cpu(fn) -> float:
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["clean", "minhash", "quality", "scaling"])
+    p.add_argument("what", choices=["clean", "minhash", "quality", "scaling", "mainland"])
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--limit-mb", type=float, default=None, help="use only the first N MB of the corpus")
     p.add_argument("--ds-fraction", type=int, default=10, help="time datasketch on 1/N of the documents")
@@ -278,7 +330,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", default="/tmp/bench-zhdata")
     a = p.parse_args()
-    res = {"clean": bench_clean, "minhash": bench_minhash, "quality": bench_quality, "scaling": bench_scaling}[a.what](a)
+    res = {"clean": bench_clean, "minhash": bench_minhash, "quality": bench_quality, "scaling": bench_scaling,
+           "mainland": bench_mainland}[a.what](a)
     print(json.dumps(res, ensure_ascii=False, indent=1, default=str))
 
 

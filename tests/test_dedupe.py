@@ -46,6 +46,21 @@ def test_exact_and_near_duplicates_across_shards(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["counts"]["records_out"] == 6
 
 
+def test_taiwan_and_mainland_versions_of_a_page_are_duplicates(tmp_path):
+    from zhdata.normalize import normalize_text
+    mainland = ("这个软件通过网络连接服务器，程序员用鼠标和打印机调试程序。随着时间推移，信息越来越多。"
+                "软件的网络接口和服务器的信息由程序员维护，鼠标和打印机的驱动程序也随着版本更新。") * 3
+    taiwan = normalize_text("這個軟體通過網路連接伺服器，程式設計師用滑鼠和印表機除錯程式。隨著時間推移，資訊越來越多。"
+                            "軟體的網路介面和伺服器的資訊由程式設計師維護，滑鼠和印表機的驅動程式也隨著版本更新。" * 3)
+    d = _shards(tmp_path, [[mainland, taiwan, _texts(3, 1)[0]]])
+    m = run_dedupe(d, tmp_path / "o1", DedupeOptions(), progress=False)
+    assert m.counts.records_out == 2 and sum(m.counts.dropped.values()) == 1
+    assert pl.read_parquet(tmp_path / "o1" / "part-00000-0000.parquet")["id"].to_list() == ["s0-0", "s0-2"]
+    assert m.to_dict()["params"]["mainland_key"] is True
+    plain = run_dedupe(d, tmp_path / "o2", DedupeOptions(mainland_key=False), progress=False)
+    assert plain.counts.records_out == 3  # the old key: the phrasing keeps them apart
+
+
 def test_verify_rejects_loose_candidates(tmp_path):
     a = _texts(1, 1, 400)[0]
     b = a[:300] + "".join(_texts(2, 1, 100)[0])  # 5-gram Jaccard about 0.6

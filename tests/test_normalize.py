@@ -45,6 +45,22 @@ def test_dedupe_key_ignores_space_punct_case_width():
     assert a == b == "你好world"
 
 
+MAINLAND = "这个软件通过网络连接服务器，程序员用鼠标和打印机调试程序。随着时间推移，信息越来越多，效果显著。"
+TAIWAN = "這個軟體通過網路連接伺服器，程式設計師用滑鼠和印表機除錯程式。隨著時間推移，資訊越來越多，效果顯著。"
+
+
+def test_dedupe_key_is_in_mainland_usage_whatever_the_script_and_phrasing():
+    # the Taiwan version as written, and as `zhdata clean` writes it by default (t2s: 软体, 网路, 随著 remain)
+    cleaned = normalize_text(TAIWAN)
+    assert "软体" in cleaned and "随著" in cleaned
+    keys = dedupe_key(pl.Series([MAINLAND, TAIWAN, cleaned])).to_list()
+    assert keys[0] == keys[1] == keys[2] == "这个软件通过网络连接服务器程序员用鼠标和打印机调试程序随着时间推移信息越来越多效果显著"
+    # mainland words stay: 程序 is not turned into 进程, 显著 keeps its 著; the plain key keeps the Taiwan phrasing
+    assert dedupe_key(pl.Series(["程序员调试程序，效果显著"])).to_list() == ["程序员调试程序效果显著"]
+    plain = dedupe_key(pl.Series([MAINLAND, cleaned]), mainland=False).to_list()
+    assert plain[0] != plain[1] and "软体" in plain[1]
+
+
 def test_unicode_nfc_composes_but_keeps_compatibility_forms():
     assert normalize_text("Cafe\u0301，ｘ") == "Café，x"  # NFC composes; the full-width step (not NFKC) maps ｘ
     assert normalize_text("Cafe\u0301", Normalizer(unicode=False)) == "Cafe\u0301"

@@ -48,6 +48,7 @@ class DedupeOptions:
     verify: bool = True  # keep only candidate pairs whose exact n-gram Jaccard reaches the threshold
     seed: int = 1
     text_field: str = "text"
+    mainland_key: bool = True  # keys in mainland usage: Taiwan/Hong Kong phrasing and variants converted (normalize.py)
 
     def resolved(self) -> "DedupeOptions":
         if self.bands and self.rows:
@@ -96,7 +97,7 @@ def shard_keys(texts: list[str], opts: DedupeOptions) -> tuple[np.ndarray, np.nd
     """The pure per-batch step: (exact hash per document, LSH band keys per document)."""
     import polars as pl
 
-    keys = dedupe_key(pl.Series(texts, dtype=pl.String)).to_list()
+    keys = dedupe_key(pl.Series(texts, dtype=pl.String), opts.mainland_key).to_list()
     exact = exact_hashes(keys)
     if not opts.near:
         return exact, np.zeros((len(keys), 0), dtype=np.uint64)
@@ -132,7 +133,8 @@ class JaccardVerifier:
         for s in np.unique(shard_of):
             rows = missing[shard_of == s]
             texts = read_texts(self.shards[s], self.opts.text_field)
-            keys = dedupe_key(pl.Series([texts[r - self.offsets[s]] for r in rows], dtype=pl.String)).to_list()
+            keys = dedupe_key(pl.Series([texts[r - self.offsets[s]] for r in rows], dtype=pl.String),
+                              self.opts.mainland_key).to_list()
             cp, offs = codepoints(keys)
             h, _, doc = ngram_hashes(cp, offs, self.opts.ngram, self.opts.seed, whole_short=True)
             for i, d in enumerate(rows.tolist()):
@@ -302,7 +304,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Exact duplicates (blake2b of the text without whitespace and punctuation, NFKC, lower case) and\n"
         "near duplicates (MinHash over character n-grams, LSH bands, connected components) over every shard\n"
-        "of IN_DIR at once. The first document of each cluster in corpus order is kept.\n"
+        "of IN_DIR at once. Both are judged on a key in Simplified characters and mainland usage: Taiwan and\n"
+        "Hong Kong phrasing and variants (软体, 網路, 随著) become mainland ones (软件, 网络, 随着) in the key only;\n"
+        "the text written keeps what `zhdata clean --convert` made of it. The first document of each cluster in corpus order is kept.\n"
         "OUT_DIR gets the shards under the same names, clusters.parquet (every member of every cluster:\n"
         "id, cluster, kept, reason) and manifest.json.\n\n"
         "examples:\n  zhdata dedupe out/clean -o out/dedup\n  zhdata dedupe out/clean -o out/dedup --threshold 0.7 --no-verify\n"
@@ -321,6 +325,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="link candidate pairs without checking their exact n-gram Jaccard (faster, less precise; "
                    "the default checks them, with n-gram sets spilled to disk, and picks bands for recall)")
+    p.add_argument("--no-mainland-key", action="store_true",
+                   help="judge on the text's own characters and phrasing (Taiwan and mainland versions of a page then differ)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     add_engine_options(p)
@@ -335,7 +341,7 @@ def run(a: argparse.Namespace) -> int:
     if (a.bands > 0) != (a.rows > 0):
         raise InputError("(command line)", None, "give both --bands and --rows, or neither")
     opts = DedupeOptions(not a.no_exact, not a.no_near, a.ngram, a.num_perm, a.threshold, a.bands, a.rows,
-                         not a.no_verify, a.seed, a.text_field)
+                         not a.no_verify, a.seed, a.text_field, not a.no_mainland_key)
     m = run_dedupe(a.input, a.output, opts, a.workers, a.overwrite, progress=not a.no_progress, engine=engine_from_args(a))
     c, d = m.counts, m.extra["dedupe"]
     print(f"documents {c.records_in:,}  kept {c.records_out:,}  "

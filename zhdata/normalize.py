@@ -7,10 +7,16 @@ HTML entity decoding runs in Python only on the few texts that contain an entity
 from __future__ import annotations
 
 import html
+import json
+import subprocess
+import tempfile
 import unicodedata
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .errors import InputError
 
 if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
     import polars as pl
@@ -122,6 +128,76 @@ def normalize_text(text: str, normalizer: Normalizer | None = None) -> str:
     return out[0]
 
 
-def dedupe_key(texts: pl.Series) -> pl.Series:
-    """The text that duplicates are judged on: NFKC, lower case, no whitespace or punctuation."""
+# OpenCC's dictionaries from Taiwan and Hong Kong usage to mainland usage: phrases first, then character variants
+_MAINLAND_SOURCES = ("TWPhrasesRev", "HKPhrasesRev", "TWVariantsRevPhrases", "HKVariantsRevPhrases", "TWVariantsRev",
+                     "HKVariantsRev")
+
+
+def _absolute_dicts(node: object, share: Path) -> object:
+    """An OpenCC config with every dictionary file named by its absolute path in `share`."""
+    if isinstance(node, dict):
+        return {k: (str(share / v) if k == "file" else _absolute_dicts(v, share)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_absolute_dicts(v, share) for v in node]
+    return node
+
+
+@lru_cache(maxsize=None)
+def _mainland():
+    """The OpenCC converter of dedupe keys: Traditional to Simplified (OpenCC's own t2s), then Taiwan and Hong Kong
+    usage to mainland usage (软体 → 软件, 网路 → 网络, 随著 → 随着), in one C++ pass.
+
+    OpenCC's tw2sp does the second part on Traditional text only: its dictionaries are keyed in Traditional
+    characters (軟體), which text already converted with t2s (zhdata clean's default) no longer holds. So the
+    entries of those dictionaries are re-keyed here through t2s (both sides) into a text dictionary that OpenCC
+    applies after its t2s chain by its own longest-prefix matching; phrase entries that map to themselves
+    (顯著 → 顯著) stay, so that they keep a character rule (著 → 着) off those phrases, and every mainland term
+    maps to itself, so that mainland text keeps its words. The dictionaries are read
+    with `opencc_dict`, the tool inside the opencc wheel, so they follow the installed OpenCC."""
+    import opencc
+
+    base = Path(opencc.__file__).parent / "clib"
+    share, tool = base / "share" / "opencc", base / "bin" / "opencc_dict"
+    if not tool.exists() or not (share / "t2s.json").exists():
+        raise InputError(base, None, "this OpenCC install has no opencc_dict tool or dictionaries for the dedupe key",
+                         "pip install -U 'opencc>=1.1.9'")
+    t2s = _opencc("t2s")
+    table: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="zh-adapt-opencc-") as tmp:
+        for name in _MAINLAND_SOURCES:
+            if not (share / f"{name}.ocd2").exists():  # older OpenCC releases lack the Hong Kong ones
+                continue
+            out = Path(tmp) / f"{name}.txt"
+            subprocess.run([str(tool), "-i", str(share / f"{name}.ocd2"), "-o", str(out), "-f", "ocd2", "-t", "text"],
+                           check=True, capture_output=True)
+            for line in out.read_text(encoding="utf-8").splitlines():
+                key, _, values = line.partition("\t")
+                k, v = t2s.convert(key), t2s.convert(values.split(" ")[0])
+                if k and v and (k != v or "Phrases" in name):
+                    table.setdefault(k, v)
+        # a mainland term is never converted: 程序员 stays (the longest match), and 程序, Taiwan usage for 进程
+        # but mainland usage too, stays as it is rather than become 进程 in mainland text
+        table.update({v: v for v in set(table.values())})
+        words = Path(tmp) / "mainland.txt"
+        words.write_text("".join(f"{k}\t{v}\n" for k, v in sorted(table.items())), encoding="utf-8")
+        config = _absolute_dicts(json.loads((share / "t2s.json").read_text(encoding="utf-8")), share)
+        config["name"] = "zh-adapt dedupe key: t2s, then Taiwan/Hong Kong usage to mainland usage"
+        config["conversion_chain"].append({"dict": {"type": "text", "file": str(words)}})
+        (Path(tmp) / "key.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+        return opencc.OpenCC(str(Path(tmp) / "key.json"))  # dictionaries are read here, the files may go
+
+
+def mainland_text(texts: list[str]) -> list[str]:
+    """Texts in Simplified characters and mainland usage (see `_mainland`)."""
+    cc = _mainland()
+    return [cc.convert(t) for t in texts]
+
+
+def dedupe_key(texts: pl.Series, mainland: bool = True) -> pl.Series:
+    """The text that duplicates are judged on: in mainland Simplified usage (unless `mainland` is false), NFKC,
+    lower case, no whitespace or punctuation."""
+    import polars as pl
+
+    if mainland:
+        texts = pl.Series(texts.name, mainland_text(texts.fill_null("").to_list()), dtype=pl.String)
     return texts.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[\s\p{P}]+", "")

@@ -55,7 +55,7 @@ class DuplicateFinder:
 
     def params(self) -> dict:
         return {"exact": self.exact, "near": self.near, "threshold": self.threshold, "num_perm": self.num_perm,
-                "ngram": self.ngram, "bands": self.bands, "rows": self.rows, "on": "user turns, dedupe_key-normalised"}
+                "ngram": self.ngram, "bands": self.bands, "rows": self.rows, "on": "user turns, dedupe_key-normalised (mainland usage)"}
 
     def add(self, systems: list[str | None], messages: list[list[tuple[str, str]]]) -> None:
         if self.exact:
