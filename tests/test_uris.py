@@ -141,3 +141,20 @@ def test_file_uris_are_local_paths(tmp_path):
         if k.endswith(".parquet"):
             assert pl.read_parquet(tmp_path / "a" / k).equals(pl.read_parquet(tmp_path / "b" / k))
     same_run(a["manifest.json"], b["manifest.json"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["pack", "IN", "--tokenizer", "tok", "--mode", "pt", "-o", "s3://bucket/packed"],
+    ["instruct", "IN", "-o", "s3://bucket/sft"],
+])
+def test_commands_writing_local_folders_refuse_an_object_store_output(argv, tmp_path, capsys, monkeypatch):
+    """pack and instruct write local folders: an s3:// output is refused in one line, before anything is written
+    (it used to take the remote lock and then create a local folder named `s3:`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": DOCS[0]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    argv = [str(tmp_path / "in.jsonl") if a == "IN" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "writes to a local folder only" in err and argv[-1] in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "s3:").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

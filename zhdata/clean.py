@@ -336,7 +336,7 @@ def options_from_args(a: argparse.Namespace) -> CleanOptions:
                         quality=Quality.from_path(a.quality_model, a.min_quality), signals_only=a.signals_only)
 
 
-@locked_output("output")
+@locked_output("output", remote=True)
 def run(a: argparse.Namespace) -> int:
     inputs = list(a.inputs) + ([str(sample_path())] if a.sample else [])
     if not inputs:

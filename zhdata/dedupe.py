@@ -334,7 +334,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-@locked_output("output")
+@locked_output("output", remote=True)
 def run(a: argparse.Namespace) -> int:
     if not 0 < a.threshold <= 1:
         raise InputError("(command line)", None, f"--threshold {a.threshold} is not in (0, 1]")

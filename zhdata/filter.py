@@ -124,7 +124,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-@locked_output("output")
+@locked_output("output", remote=True)
 def run(a: argparse.Namespace) -> int:
     m = run_filter(a.input, a.output, a.where, a.keep_signals, a.overwrite, progress=not a.no_progress)
     c = m.counts

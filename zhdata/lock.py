@@ -215,12 +215,16 @@ def output_lock(folder: str | Path) -> Iterator[str | Path]:
         os.close(fd)
 
 
-def locked_output(attr: str) -> Callable[[Callable[[Any], int]], Callable[[Any], int]]:
-    """Decorator of a command's `run(args)`: hold the lock of the folder in `args.<attr>` (if given) while it runs."""
+def locked_output(attr: str, remote: bool = False) -> Callable[[Callable[[Any], int]], Callable[[Any], int]]:
+    """Decorator of a command's `run(args)`: hold the lock of the folder in `args.<attr>` (if given) while it runs.
+    A command that writes through `zhdata.fs` says `remote=True`; any other refuses an object-store URI up front."""
     def wrap(fn: Callable[[Any], int]) -> Callable[[Any], int]:
         @functools.wraps(fn)
         def run(args: Any) -> int:
             folder = getattr(args, attr, None)
+            if folder and not remote and fs.is_remote(str(folder)):
+                raise InputError(folder, None, "this command writes to a local folder only, not to an object store",
+                                 "write to a local folder, then copy it up (e.g. aws s3 cp --recursive)")
             with output_lock(folder) if folder else nullcontext():
                 return fn(args)
         return run
