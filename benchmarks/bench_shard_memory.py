@@ -20,11 +20,10 @@ import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from bench_train_memory import GiB, REPO, _rss_anon, write
+from bench_train_memory import GiB, REPO, anon_peak, write
 
 # Half the width of bench_train_memory's model, so three CPU runs (four processes) end in minutes.
 DIMS = dict(vocab_size=32000, hidden_size=512, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=8,
@@ -43,21 +42,12 @@ def rank(work: Path, shard: str, tag: str) -> None:
     from train.cli import main
 
     torch.set_num_threads(1)
-    base = _rss_anon()
-    peak, stop = [base], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_anon())
-            time.sleep(0.005)
-
-    threading.Thread(target=sample, daemon=True).start()
-    assert main(["run", "--model", str(work / "model"), "--data", str(work / "packed"), "--tokenizer", str(work / "tok"),
-                 "--output-dir", str(work / f"run-{tag}"), "--shard", shard, *RUN_FLAGS]) == 0
-    stop.set()
+    with anon_peak() as m:
+        assert main(["run", "--model", str(work / "model"), "--data", str(work / "packed"), "--tokenizer",
+                     str(work / "tok"), "--output-dir", str(work / f"run-{tag}"), "--shard", shard, *RUN_FLAGS]) == 0
     r = int(os.environ.get("RANK", "0"))
     out = {"rank": r, "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 3),
-           "peak_anon_gib": round(max(peak[0], _rss_anon()) / GiB, 3), "anon_after_imports_gib": round(base / GiB, 3)}
+           "peak_anon_gib": round(m["peak"] / GiB, 3), "anon_after_imports_gib": round(m["base"] / GiB, 3)}
     (work / f"rss-{tag}-{r}.json").write_text(json.dumps(out))
 
 

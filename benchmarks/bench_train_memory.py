@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 GiB = 2**30
@@ -95,28 +96,39 @@ def _rss_anon() -> int:
     return 0
 
 
+@contextmanager
+def anon_peak():
+    """Anonymous memory (RssAnon) of this process around the block, sampled every 5 ms: yields a dict that holds
+    `base` at entry, and `after` and `peak` (the highest sample, at least `after`) once the block has run."""
+    m = {"base": _rss_anon()}
+    peak, stop = [m["base"]], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_anon())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield m
+    finally:
+        stop.set()
+        t.join()
+        m["after"] = _rss_anon()
+        m["peak"] = max(peak[0], m["after"])
+
+
 def phase(name: str, work: Path) -> None:
     import torch
 
     if name == "ours-load":
         from train.model import load_quantized
-        base = _rss_anon()
-        peak, stop = [base], threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], _rss_anon())
-                time.sleep(0.005)
-
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
-        load_quantized(work / "model", torch.device("cpu"), torch.float32, lora_r=16, lora_alpha=32, progress=False)
-        stop.set()
-        t.join()
-        after = _rss_anon()
-        peak[0] = max(peak[0], after)
-        print(json.dumps({"anon_before_load": base, "anon_peak_above_imports": peak[0] - base,
-                          "anon_loaded_model": after - base, "anon_transient_above_loaded_model": peak[0] - after}))
+        with anon_peak() as m:
+            load_quantized(work / "model", torch.device("cpu"), torch.float32, lora_r=16, lora_alpha=32, progress=False)
+        print(json.dumps({"anon_before_load": m["base"], "anon_peak_above_imports": m["peak"] - m["base"],
+                          "anon_loaded_model": m["after"] - m["base"],
+                          "anon_transient_above_loaded_model": m["peak"] - m["after"]}))
     elif name == "ours-run":
         from train.cli import main
         assert main(["run", "--model", str(work / "model"), "--data", str(work / "packed"), "--tokenizer", str(work / "tok"),
