@@ -102,39 +102,31 @@ class Filters:
             out = out.with_columns(dup_ngram_frac=pl.Series(duplicated_ngram_fraction(as_list, self.dup_ngram)))
         return out
 
+    def rules(self) -> list[tuple[str, str, str, float]]:
+        """Each filter switched on, once: (drop reason, measure as a SQL expression over the measures, the comparison
+        a kept document satisfies, threshold). `failures` and `where` both read this, so they cannot disagree."""
+        rules = [("too_short", "chars", ">=", self.min_chars), ("too_long", "chars", "<=", self.max_chars),
+                 ("low_chinese_ratio", "chinese_ratio", ">=", self.min_chinese_ratio),
+                 ("short_lines", "avg_line_chars", ">=", self.min_avg_line_chars),
+                 ("repetitive", "dup_ngram_frac", "<=", self.max_dup_ngram_frac)]
+        on = [r for r in rules if r[3]]
+        if self.blocklist:
+            on.append(("blocklisted", "block_hits / lines", "<=", self.max_block_per_line))
+        return on
+
     def failures(self, m: pl.DataFrame) -> dict[str, pl.Series]:
         """Per filter (switched on), a boolean Series: does the document fail it?"""
+        import polars as pl
+
         out: dict[str, pl.Series] = {}
-        if self.min_chars:
-            out["too_short"] = m["chars"] < self.min_chars
-        if self.max_chars:
-            out["too_long"] = m["chars"] > self.max_chars
-        if self.min_chinese_ratio:
-            out["low_chinese_ratio"] = m["chinese_ratio"] < self.min_chinese_ratio
-        if self.min_avg_line_chars:
-            out["short_lines"] = m["avg_line_chars"] < self.min_avg_line_chars
-        if self.max_dup_ngram_frac:
-            out["repetitive"] = m["dup_ngram_frac"] > self.max_dup_ngram_frac
-        if self.blocklist:
-            out["blocklisted"] = (m["block_hits"] / m["lines"]) > self.max_block_per_line
+        for reason, measure, keep, limit in self.rules():
+            value = m.select(pl.sql_expr(measure)).to_series()
+            out[reason] = value < limit if keep == ">=" else value > limit
         return out
 
     def where(self) -> str:
         """A `zhdata filter --where` expression over the measures that keeps exactly what `reasons` keeps."""
-        terms = []
-        if self.min_chars:
-            terms.append(f"chars >= {self.min_chars}")
-        if self.max_chars:
-            terms.append(f"chars <= {self.max_chars}")
-        if self.min_chinese_ratio:
-            terms.append(f"chinese_ratio >= {self.min_chinese_ratio!r}")
-        if self.min_avg_line_chars:
-            terms.append(f"avg_line_chars >= {self.min_avg_line_chars!r}")
-        if self.max_dup_ngram_frac:
-            terms.append(f"dup_ngram_frac <= {self.max_dup_ngram_frac!r}")
-        if self.blocklist:
-            terms.append(f"block_hits / lines <= {self.max_block_per_line!r}")
-        return " and ".join(terms)
+        return " and ".join(f"{measure} {keep} {limit!r}" for _, measure, keep, limit in self.rules())
 
     def reasons(self, texts: pl.Series) -> tuple[pl.Series, dict[str, int]]:
         """Drop reason per document (null = kept) and, per filter, how many documents fail it on its own."""
