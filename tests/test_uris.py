@@ -144,12 +144,11 @@ def test_file_uris_are_local_paths(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["pack", "IN", "--tokenizer", "tok", "--mode", "pt", "-o", "s3://bucket/packed"],
-    ["instruct", "IN", "-o", "s3://bucket/sft"],
+    ["quality", "train", "--positive", "IN", "--negative", "IN", "-o", "s3://bucket/quality"],
 ])
 def test_commands_writing_local_folders_refuse_an_object_store_output(argv, tmp_path, capsys, monkeypatch):
-    """pack and instruct write local folders: an s3:// output is refused in one line, before anything is written
-    (it used to take the remote lock and then create a local folder named `s3:`)."""
+    """A command that writes a local folder only: an s3:// output is refused in one line, before anything is written
+    (pack did take the remote lock and then create a local folder named `s3:`, before it wrote through zhdata.fs)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": DOCS[0]}, ensure_ascii=False) + "\n", encoding="utf-8")
     argv = [str(tmp_path / "in.jsonl") if a == "IN" else a for a in argv]
@@ -158,3 +157,82 @@ def test_commands_writing_local_folders_refuse_an_object_store_output(argv, tmp_
     assert "writes to a local folder only" in err and argv[-1] in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "s3:").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+from test_pack_pt import tok_dir  # noqa: E402,F401  (a fixture: the Mixtral tokenizer folder)
+
+INSTRUCT_FIX = Path(__file__).parent / "fixtures" / "instruct"
+INSTRUCT = ["--on-error", "skip", "--batch-size", "2"]  # several batches per file: stage shards and output parts
+
+
+def test_instruct_and_pack_read_and_write_s3_like_local(s3, tok_dir, tmp_path):
+    """instruct, then pack sft and pt, with s3:// inputs and outputs: the same files, byte for byte, as local runs."""
+    assert main(["instruct", str(INSTRUCT_FIX), "-o", str(tmp_path / "sft"), *INSTRUCT]) == 0
+    src = upload(s3, INSTRUCT_FIX, "bucket/instruct-in")
+    assert main(["instruct", src, "-o", "s3://bucket/sft", *INSTRUCT]) == 0
+    want, got = local_files(tmp_path / "sft"), remote_files(s3, "bucket/sft")
+    parts = sorted(k for k in want if k.endswith(".parquet"))
+    assert len(parts) == 10 and parts == sorted(k for k in got if k.endswith(".parquet"))
+    assert all(got[k] == want[k] for k in parts)
+    same_run(got["manifest.json"], want["manifest.json"])
+    assert LOCK_FILE not in got and not any(k.startswith(".") for k in got)
+
+    texts = corpus(tmp_path / "corpus")
+    assert main(["clean", str(texts), "-o", str(tmp_path / "clean"), *CLEAN]) == 0
+    clean = upload(s3, tmp_path / "clean", "bucket/clean-in")
+    for mode, local_in, remote_in in (("sft", tmp_path / "sft", "s3://bucket/sft"), ("pt", tmp_path / "clean", clean)):
+        args = ["--tokenizer", str(tok_dir), "--mode", mode, "--block-size", "64", "--val-fraction", "0.3", "-q"]
+        assert main(["pack", str(local_in), "-o", str(tmp_path / f"p-{mode}"), *args]) == 0
+        assert main(["pack", remote_in, "-o", f"s3://bucket/p-{mode}", *args]) == 0
+        want, got = local_files(tmp_path / f"p-{mode}"), remote_files(s3, f"bucket/p-{mode}")
+        assert sorted(want) == sorted(got)  # the bins and the manifest: no lock, no work folder left
+        assert all(got[k] == want[k] for k in want if k.endswith(".bin")), mode
+        assert len(want["train.tokens.bin"]) > 100 and len(want["val.tokens.bin"]) > 0
+        a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
+        assert a["counts"] == b["counts"] and a["pack"] == b["pack"]
+
+
+def test_an_interrupted_pack_to_s3_resumes_from_the_pieces_on_the_store(s3, tok_dir, tmp_path, monkeypatch, capsys):
+    import zhdata.pack.packer as packer
+
+    assert main(["instruct", str(INSTRUCT_FIX), "-o", str(tmp_path / "sft"), *INSTRUCT]) == 0  # 10 parts: 10 pieces
+    src = upload(s3, tmp_path / "sft", "bucket/resume-in")
+    args = ["--tokenizer", str(tok_dir), "--mode", "sft", "--block-size", "64", "--val-fraction", "0.3", "-q"]
+    assert main(["pack", str(tmp_path / "sft"), "-o", str(tmp_path / "packed"), *args]) == 0
+    encode, calls = packer.encode_piece, []
+
+    def dies_at_the_fourth(task):
+        calls.append(task)
+        if len(calls) == 4:
+            raise RuntimeError("driver killed")
+        return encode(task)
+
+    monkeypatch.setattr(packer, "encode_piece", dies_at_the_fourth)
+    with pytest.raises(RuntimeError, match="driver killed"):
+        main(["pack", src, "-o", "s3://bucket/packed", *args])
+    left = remote_files(s3, "bucket/packed")
+    assert sorted(k for k in left if not k.startswith(".pack-work/piece-0")) == [".pack-work/plan.json"]
+    assert sorted(k for k in left if k.endswith(".json") and "piece" in k) == [
+        f".pack-work/piece-{i:06d}.json" for i in range(3)]  # three pieces finished on the store, nothing else
+    capsys.readouterr()
+    other = [*args[:5], "128", *args[6:]]  # --block-size 128: another run, refused
+    assert main(["pack", src, "-o", "s3://bucket/packed", *other]) == 2
+    assert "holds an unfinished pack of other inputs or settings: options differ: block_size 64" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(packer, "encode_piece", lambda task: calls.append(task) or encode(task))
+    assert main(["pack", src, "-o", "s3://bucket/packed", *args]) == 0
+    assert len(calls) == 7  # the three finished pieces were not packed again
+    assert "resuming: 3 of 10 pieces already packed" in capsys.readouterr().out
+    want, got = local_files(tmp_path / "packed"), remote_files(s3, "bucket/packed")
+    assert sorted(want) == sorted(got) and all(got[k] == want[k] for k in want if k.endswith(".bin"))
+    a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
+    assert a["counts"] == b["counts"] and a["pack"] == b["pack"]
+
+
+def test_training_data_on_an_object_store_is_refused_with_how_to_copy_it_down():
+    from train.data import open_packed
+    from zhdata.errors import InputError
+
+    with pytest.raises(InputError, match=r"s3://bucket/packed/pt: training memory-maps a local folder.*aws s3 cp --recursive"):
+        open_packed("s3://bucket/packed/pt")
+

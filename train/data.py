@@ -12,8 +12,12 @@ from zhdata.errors import InputError
 
 def open_packed(path: str | Path, split: str = "train"):
     """`zhdata.pack.PackedDataset` for `split`; a clear error when the folder is not packed data."""
+    from zhdata import fs
     from zhdata.pack import PackedDataset
 
+    if fs.is_remote(str(path)):
+        raise InputError(path, None, "training memory-maps a local folder, not one on an object store",
+                         f"copy it to this machine first, e.g. aws s3 cp --recursive {path} packed/")
     path = Path(path)
     if not (path / "manifest.json").exists():
         raise InputError(path, None, "not a packed data folder (no manifest.json)", hint="make one with `zhdata pack`")

@@ -232,6 +232,28 @@ def atomic_writer(loc: str | Path) -> Iterator[BinaryIO]:
     fs.mv(tmp, path)
 
 
+def upload(src: Path, loc: str | Path) -> None:
+    """Copy the local file `src` to `loc`, streaming (s3fs: a multipart upload, whose object appears only once it is
+    complete; memory: one part, 50 MB). Not atomic on every store: a caller that needs that writes a marker last."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        with open(src, "rb") as f, atomic_writer(loc) as g:
+            shutil.copyfileobj(f, g, 1 << 22)
+        return
+    fs, path = _fs(loc)
+    fs.put_file(str(src), path)
+
+
+def download(loc: str | Path, dst: Path) -> None:
+    """Copy `loc` to the local file `dst`, streaming."""
+    loc = local(loc)
+    if isinstance(loc, Path):
+        shutil.copyfile(loc, dst)
+        return
+    fs, path = _fs(loc)
+    fs.get_file(path, str(dst))
+
+
 def write_bytes(loc: str | Path, data: bytes) -> None:
     """Replace `loc` with `data` atomically."""
     with atomic_writer(loc) as f:

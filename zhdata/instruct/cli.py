@@ -36,6 +36,7 @@ examples:
   zhdata instruct qa.jsonl --columns prompt=question,response=answer -o sft/
   zhdata instruct --recipe manifests/aurora-sft.toml --data-dir downloads/ -o aurora-sft/
   zhdata instruct data/ -o sft/ --engine ray --ray-address auto   # a file per Ray task; dedup on the driver
+  zhdata instruct s3://bucket/raw-sft -o s3://bucket/sft           # object stores in and out (scratch in TMPDIR)
 
 Each input file is one source named after the file (or all of them --source NAME). Output: part-*.parquet
 with id, source, system, messages (list of {role, content}; roles user/assistant/tool), origin (file:line),
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "judged over all inputs together (first occurrence kept).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders (.json array or lines, .jsonl, .parquet; .gz/.zst/.xz)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder, or an object-store URI (s3://bucket/prefix, ...)")
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", metavar="TOML", help="a data recipe (sources + options), e.g. manifests/aurora-sft.toml")
     g.add_argument("--data-dir", metavar="DIR", help="where the recipe's files are")
@@ -121,7 +122,7 @@ def _sources(args: argparse.Namespace, o: dict[str, Any], warnings: list[str]) -
     return list(by_name.values())
 
 
-@locked_output("output")
+@locked_output("output", remote=True)
 def run(args: argparse.Namespace) -> int:
     from .pipeline import BASE_SCHEMA, InstructOptions, run_instruct
     from .recipe import load_recipe, resolve_sources
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output, args.inputs)  # folders given: the output must not be read by the next run
     if args.workers < 1:
         raise InputError("(command line)", None, "--workers must be at least 1")
-    run_instruct(sources, Path(args.output), cfg, manifest, tokenizer, engine_from_args(args))
+    run_instruct(sources, args.output, cfg, manifest, tokenizer, engine_from_args(args))
     print(format_table(manifest, sources, recipe.info if recipe else {}))
     return 0
 

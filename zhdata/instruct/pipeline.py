@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,9 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from .. import fs
 from ..engine import Engine, LocalEngine
 from ..errors import ErrorPolicy, InputError
-from ..manifest import Counts, Manifest
+from ..manifest import MANIFEST, Counts, Manifest
 from ..readers import ReadOptions, iter_records, plan_pieces
 from ..shards import check_output_folder
 from .clean import Cleaner, CleanConfig
@@ -41,7 +44,7 @@ class Source:
     """One named source: its files, format (None: detect per file), column mapping, language."""
 
     name: str
-    files: list[Path]
+    files: list[str | Path]  # local paths or URIs (`zhdata.fs`)
     format: str | None = None
     columns: ColumnMap = field(default_factory=ColumnMap)
     english: bool = False
@@ -68,16 +71,42 @@ def schema(keep: tuple[str, ...]) -> pa.Schema:
     return pa.schema(list(BASE_SCHEMA) + [pa.field(k, pa.string()) for k in keep])
 
 
-def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, manifest: Manifest, tokenizer=None,
+@contextmanager
+def _work_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Scratch of a run (stage shards, duplicate finder), rebuilt by every run: `OUT/.instruct-work` beside a local
+    output, a local temporary folder (TMPDIR) when the output is on an object store."""
+    if isinstance(out_dir, Path):
+        work = out_dir / ".instruct-work"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="zhdata-instruct-") as tmp:
+        yield Path(tmp)
+
+
+def run_instruct(sources: list[Source], out_dir: str | Path, cfg: InstructOptions, manifest: Manifest, tokenizer=None,
                  engine: Engine | None = None) -> Manifest:
-    """Read, clean (a file per task on `engine`; default this process), deduplicate and write `sources`."""
+    """Read, clean (a file per task on `engine`; default this process), deduplicate and write `sources` into
+    `out_dir` (a local folder or a URI of `zhdata.fs`; the inputs too)."""
+    out_dir = fs.local(out_dir)
     check_output_folder(out_dir, [f for s in sources for f in s.files])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fs.makedirs(out_dir)
     # the old output goes as a whole: a failed rerun must not leave a manifest describing deleted parts
-    for old in [*out_dir.glob("part-*.parquet"), out_dir / "manifest.json"]:
-        old.unlink(missing_ok=True)
-    work = out_dir / ".instruct-work"
-    shutil.rmtree(work, ignore_errors=True)
+    for name in fs.listdir(out_dir):
+        if name == MANIFEST or (name.startswith("part-") and name.endswith(".parquet")):
+            fs.remove(fs.join(out_dir, name))
+    with _work_dir(out_dir) as work:
+        _run(sources, out_dir, work, cfg, manifest, tokenizer, engine)
+    manifest.write(out_dir)
+    return manifest
+
+
+def _run(sources: list[Source], out_dir: str | Path, work: Path, cfg: InstructOptions, manifest: Manifest, tokenizer,
+         engine: Engine | None) -> None:
+    """The run, its scratch in `work`: pass 1 (read, clean, stage), the duplicate decision, pass 2 (write)."""
     finder = DuplicateFinder(work / "dedup", cfg.exact_dup, cfg.near_dup, cfg.near_threshold, cfg.num_perm, cfg.ngram)
     policy = ErrorPolicy(cfg.on_error)
     cleaner = Cleaner(cfg.clean, tokenizer)
@@ -110,7 +139,6 @@ def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, man
     src_of = np.concatenate(row_sources) if row_sources else np.zeros(0, np.int32)
     between = _count_dups(manifest, sources, src_of, exact, near, roots)
     examples = _write_output(work, out_dir, sources, shard_sources, ~(exact | near), cfg, manifest)
-    shutil.rmtree(work, ignore_errors=True)
     timings = {"read_clean_s": round(t_read - manifest.started, 2), "dedup_decide_s": round(t_dedup - t_read, 2),
                "write_s": round(time.time() - t_dedup, 2)}
     manifest.counts = _total(manifest)
@@ -126,11 +154,9 @@ def run_instruct(sources: list[Source], out_dir: Path, cfg: InstructOptions, man
         "skipped_examples": policy.examples,
         "empty_files": policy.empty_files,
     }
-    manifest.write(out_dir)
-    return manifest
 
 
-def clean_file(task: tuple[Path, Source, InstructOptions, Cleaner]) -> dict[str, Any]:
+def clean_file(task: tuple[str | Path, Source, InstructOptions, Cleaner]) -> dict[str, Any]:
     """The per-file stage, run by an engine: parse and clean one file in batches; the kept conversations of each
     batch (ids are given by the caller, in input order), records read, dropped and modified by reason."""
     path, src, cfg, cleaner = task
@@ -146,7 +172,7 @@ def clean_file(task: tuple[Path, Source, InstructOptions, Cleaner]) -> dict[str,
             "examples": policy.examples, "empty_files": policy.empty_files}
 
 
-def _batches(path: Path, src: Source, cfg: InstructOptions, policy: ErrorPolicy,
+def _batches(path: str | Path, src: Source, cfg: InstructOptions, policy: ErrorPolicy,
              fmt_seen: Counter) -> Iterator[tuple[list[Conversation], int, Counter]]:
     """Parsed conversations of one file in batches, with the number of records read and skipped per reason."""
     fmt = src.format
@@ -165,7 +191,7 @@ def _batches(path: Path, src: Source, cfg: InstructOptions, policy: ErrorPolicy,
                 continue
             fmt = fmt or rec_fmt  # the first readable record fixes the file's format
             fmt_seen[rec_fmt] += 1
-            conv.meta = {"origin": f"{path.name}:{where}", **{k: _meta(rec.get(k)) for k in cfg.keep}}
+            conv.meta = {"origin": f"{fs.name(path)}:{where}", **{k: _meta(rec.get(k)) for k in cfg.keep}}
             batch.append(conv)
             if len(batch) >= cfg.batch_size:
                 skipped = policy.skipped - mark
@@ -209,7 +235,7 @@ def _count_dups(manifest: Manifest, sources: list[Source], src_of: np.ndarray, e
     return dict(sorted(between.items()))
 
 
-def _write_output(work: Path, out_dir: Path, sources: list[Source], shard_sources: list[int], keep_mask: np.ndarray,
+def _write_output(work: Path, out_dir: str | Path, sources: list[Source], shard_sources: list[int], keep_mask: np.ndarray,
                   cfg: InstructOptions, manifest: Manifest) -> dict[str, int]:
     examples: Counter = Counter()
     offset, part = 0, 0
@@ -223,7 +249,8 @@ def _write_output(work: Path, out_dir: Path, sources: list[Source], shard_source
             table = split_turns(table)
         examples[sources[si].name] += table.num_rows
         if table.num_rows:
-            pq.write_table(table, out_dir / f"part-{part:05d}.parquet")
+            with fs.atomic_writer(fs.join(out_dir, f"part-{part:05d}.parquet")) as f:
+                pq.write_table(table, f)
             part += 1
     return dict(examples)
 

@@ -24,7 +24,7 @@ def _block(v: str) -> int:
     return n
 
 
-@locked_output("out")
+@locked_output("out", remote=True)
 def run(args: argparse.Namespace) -> int:
     from .packer import PackOptions, pack  # imported here: transformers' template engine loads slowly
 
@@ -61,14 +61,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  zhdata pack clean/ --tokenizer tok/mixtral -o packed/pt --mode pt --block-size 1024\n"
         "  zhdata pack instruct/ --tokenizer tok/mixtral -o packed/sft --mode sft --packing bfd --block-size 4096\n"
-        "  zhdata pack clean/ --tokenizer tok/mixtral -o packed/pt --mode pt --engine ray --ray-address auto",
+        "  zhdata pack clean/ --tokenizer tok/mixtral -o packed/pt --mode pt --engine ray --ray-address auto\n"
+        "  zhdata pack s3://bucket/clean --tokenizer tok/mixtral -o s3://bucket/packed/pt --mode pt\n"
+        "  aws s3 cp --recursive s3://bucket/packed/pt packed/pt     # training memory-maps a local copy\n"
+        "Into an object store, pieces are packed onto the store (OUT/.pack-work, resumable from any machine), "
+        "assembled in a local\ntemporary folder (TMPDIR: disk for the packed output) and uploaded, manifest.json last.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="files or folders: Parquet shards (or JSONL) with a 'text' column (pt) "
                    "or 'system'/'messages' columns (sft)")
     p.add_argument("--tokenizer", required=True, metavar="TOK_DIR", help="Hugging Face tokenizer folder "
                    "(from `tokenizer convert` or `tokenizer extend`)")
-    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("-o", "--out", required=True, help="output folder, or an object-store URI (s3://bucket/prefix, gs://...)")
     p.add_argument("--mode", required=True, choices=("pt", "sft"), help="pt: pre-training text; sft: conversations")
     p.add_argument("--block-size", type=_block, default=1024, help="tokens per block (default 1024, as Chinese-Mixtral)")
     p.add_argument("--val-fraction", type=_fraction, default=0.01,

@@ -1,10 +1,20 @@
-"""`zhdata pack` stage: stream inputs through a mode's encoder into split files, resumably, then cut blocks."""
+"""`zhdata pack` stage: stream inputs through a mode's encoder into split files, resumably, then cut blocks.
+
+Into a local folder, the pack is appended in place and `progress.json` there records the pieces appended. Into an
+object store (`s3://...`, any URI of `zhdata.fs`), where nothing can be appended to: each piece's split files are
+written by its task to the store, `OUT/.pack-work/piece-NNNNNN/`, with `piece-NNNNNN.json` (its counts) last as
+the mark that it is finished, beside the plan (`OUT/.pack-work/plan.json`); the driver appends the pieces in input
+order into a local temporary folder (`TMPDIR`: as much disk as the packed output, SFT twice that while it is
+finished), finishes the blocks there, uploads the files and the manifest last, then removes `.pack-work`. A rerun
+from any machine skips the pieces finished on the store.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .. import fs
 from ..engine import Engine, LocalEngine
 from ..errors import ErrorPolicy, InputError
 from ..manifest import MANIFEST, Counts, Manifest
@@ -25,7 +36,8 @@ from .store import INDEX_DTYPE, SPLITS, SplitWriter, open_array, split_file, tok
 from .tokfolder import TokenizerFolder, load_tokenizer_folder
 
 PROGRESS = "progress.json"
-WORK = ".pack-work"  # each piece's split files, written by the task that packs it, until appended
+WORK = ".pack-work"  # each piece's split files, written by the task that packs it, until appended (remote: until uploaded)
+PLAN = "plan.json"  # in WORK on an object store: the parameters of the run the pieces there belong to
 LAYOUT_VERSION = 1
 
 
@@ -92,6 +104,26 @@ def _prepare_out(out: Path, params: dict, overwrite: bool) -> dict | None:
         raise InputError(out, None, f"holds an unfinished pack of other inputs or settings: {run_difference(state['params'], params)}",
                          "use --overwrite to start again, or rerun with the same inputs and settings to resume")
     return state
+
+
+def _prepare_store(out: str, params: dict, overwrite: bool) -> None:
+    """`_prepare_out` for an object store: the run's plan beside its finished pieces in `OUT/.pack-work`."""
+    plan, ours = fs.join(out, WORK, PLAN), [n for n in fs.listdir(out) if n.endswith(".bin") or n == MANIFEST]
+    if overwrite:
+        for n in ours:
+            fs.remove(fs.join(out, n))
+        fs.rmtree(fs.join(out, WORK))
+    elif MANIFEST in ours:
+        raise InputError(out, None, "already holds a finished pack", "use --overwrite to pack again, or another output folder")
+    elif fs.exists(plan):
+        old = json.loads(fs.read_text(plan))
+        if old != params:
+            raise InputError(out, None, f"holds an unfinished pack of other inputs or settings: {run_difference(old, params)}",
+                             "use --overwrite to start again, or rerun with the same inputs and settings to resume")
+    elif ours:
+        raise InputError(out, None, "holds packed files but no plan of the run that wrote them",
+                         "use --overwrite or another output folder")
+    fs.write_text(plan, json.dumps(params, ensure_ascii=False))
 
 
 def _save_progress(out: Path, state: dict) -> None:
@@ -176,10 +208,21 @@ def _pack_bfd(out: Path, split: str, stage: dict[str, Path], dtype: np.dtype, B:
 def encode_piece(task: tuple) -> dict[str, Any]:
     """The per-piece stage, run by an engine: one input piece through the mode's encoder into its own split files
     in `spill` (a SplitWriter per split, bounded memory), returning the piece's counts. Pure but for that folder,
-    which it starts afresh, so a retried task leaves nothing of its first attempt."""
+    which it starts afresh, so a retried task leaves nothing of its first attempt. A remote `spill` is written in a
+    local temporary folder first (disk: one piece's tokens), uploaded, and marked finished by `SPILL.json` last."""
     piece, tok_path, fingerprint, o, spill = task
+    if not fs.is_remote(spill):
+        return _encode_into(piece, tok_path, fingerprint, o, Path(spill))
+    with tempfile.TemporaryDirectory(prefix="zhdata-pack-piece-") as tmp:
+        res = _encode_into(piece, tok_path, fingerprint, o, Path(tmp) / "piece")
+        for f in sorted((Path(tmp) / "piece").iterdir()):
+            fs.upload(f, fs.join(spill, f.name))
+    fs.write_text(f"{spill}.json", json.dumps(res, ensure_ascii=False, default=str))
+    return res
+
+
+def _encode_into(piece, tok_path: str, fingerprint: str, o: PackOptions, spill: Path) -> dict[str, Any]:
     encoder = _encoder(tok_path, fingerprint, o)
-    spill = Path(spill)
     shutil.rmtree(spill, ignore_errors=True)
     spill.mkdir(parents=True)
     writers = {s: SplitWriter(spill, s, _DTYPE[tok_path, fingerprint], encoder.with_mask) for s in SPLITS}
@@ -218,19 +261,41 @@ def _encoder(tok_path: str, fingerprint: str, o: PackOptions, tok: TokenizerFold
 
 
 def _stream(pieces: list, tok: TokenizerFolder, engine: Engine, writers: dict[str, SplitWriter], state: dict, out: Path,
-            o: PackOptions, policy: ErrorPolicy, counts: Counts, stats: Counter) -> None:
+            o: PackOptions, policy: ErrorPolicy, counts: Counts, stats: Counter, store: str | None = None) -> None:
     """Encode every unfinished piece on `engine`; append the pieces in input order and, after each, sync and record
-    progress."""
+    progress. With `store` (the remote `.pack-work`), pieces go there and those already finished there are reused."""
     done = set(state["done"])
-    todo = [p for p in pieces if f"{p.path}#{p.part}" not in done]
-    work = out / WORK
-    tasks = [(p, str(tok.path), tok.fingerprint, o, str(work / f"piece-{k:06d}")) for k, p in enumerate(todo)]
+    todo = [(k, p) for k, p in enumerate(pieces) if f"{p.path}#{p.part}" not in done]
+    if store is None:
+        spills = {k: str(out / WORK / f"piece-{k:06d}") for k, _ in todo}
+        ready: set[str] = set()
+    else:
+        spills = {k: fs.join(store, f"piece-{k:06d}") for k, _ in todo}
+        ready = {n[: -len(".json")] for n in fs.listdir(store) if n.startswith("piece-") and n.endswith(".json")}
+    tasks = [(p, str(tok.path), tok.fingerprint, o, spills[k]) for k, p in todo if fs.name(spills[k]) not in ready]
     bar = tqdm(total=len(pieces), initial=len(pieces) - len(todo), unit="piece", disable=not o.progress, desc=f"pack {o.mode}")
+    if len(tasks) < len(todo):
+        bar.write(f"resuming: {len(todo) - len(tasks)} of {len(pieces)} pieces already packed in {store}")
+    results = engine.map(encode_piece, tasks)
     try:
-        for piece, task, res in zip(todo, tasks, engine.map(encode_piece, tasks)):
-            for split, w in writers.items():
-                w.append_split(Path(task[-1]), split)
-            shutil.rmtree(task[-1])
+        for k, piece in todo:
+            spill = spills[k]
+            if fs.name(spill) in ready:
+                res = json.loads(fs.read_text(f"{spill}.json"))
+            else:
+                res = next(results)
+            if store is None:
+                for split, w in writers.items():
+                    w.append_split(Path(spill), split)
+                shutil.rmtree(spill)
+            else:  # fetched one piece at a time into the local folder, appended, deleted; kept on the store until the end
+                local = out / WORK / fs.name(spill)
+                local.mkdir(parents=True, exist_ok=True)
+                for name in fs.listdir(spill):
+                    fs.download(fs.join(spill, name), local / name)
+                for split, w in writers.items():
+                    w.append_split(local, split)
+                shutil.rmtree(local)
             counts.merge(Counts.from_dict(res["counts"]))
             stats.update(res["stats"])
             policy.examples.extend(res["examples"][: max(0, 20 - len(policy.examples))])
@@ -246,7 +311,7 @@ def _stream(pieces: list, tok: TokenizerFolder, engine: Engine, writers: dict[st
         bar.close()
         for w in writers.values():
             w.close()
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out / WORK, ignore_errors=True)
 
 
 def _summary(tok: TokenizerFolder, o: PackOptions, dtype: np.dtype, splits: dict, counts: Counts, stats: Counter) -> dict:
@@ -276,13 +341,28 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     if o.mode == "pt" and o.bos is None:
         o.bos = bool(tok.config.get("add_bos_token", False)) and tok.token_id("bos_token") is not None
     policy = ErrorPolicy(o.on_error)
-    out = Path(out)
+    out = fs.local(out)
     check_output_folder(out, inputs)
     files = expand_inputs(inputs, policy=policy)
     pieces = plan_pieces(files, read=o.read)
     described, identity = run_inputs(files)
     params = _params(tok, o, identity)
-    state = _prepare_out(out, params, o.overwrite) or {"params": params, "done": [], "sizes": None, "counts": None, "stats": {}}
+    fresh = {"params": params, "done": [], "sizes": None, "counts": None, "stats": {}}
+    if isinstance(out, Path):
+        return _pack(tok, o, inputs, files, pieces, described, params, _prepare_out(out, params, o.overwrite) or fresh, out, policy, engine)
+    _prepare_store(out, params, o.overwrite)
+    with tempfile.TemporaryDirectory(prefix="zhdata-pack-") as tmp:
+        m = _pack(tok, o, inputs, files, pieces, described, params, fresh, Path(tmp), policy, engine, store=fs.join(out, WORK))
+        for f in sorted(Path(tmp).glob("*.bin")):
+            fs.upload(f, fs.join(out, f.name))
+    m.write(out)  # last: a folder with a manifest holds a finished pack
+    fs.rmtree(fs.join(out, WORK))
+    return m
+
+
+def _pack(tok: TokenizerFolder, o: PackOptions, inputs: list, files: list, pieces: list, described: list, params: dict, state: dict,
+          out: Path, policy: ErrorPolicy, engine: Engine | None, store: str | None = None) -> Manifest:
+    """Pack into the local folder `out` from `state` (with `store`: pieces kept on an object store, see the module doc)."""
     encoder = _encoder(str(tok.path), tok.fingerprint, o, tok)  # its errors (no EOS, no BOS) before anything runs
     dtype = token_dtype(tok.vocab_size)
     writers = {s: SplitWriter(out, s, dtype, encoder.with_mask, "stage." if o.mode == "sft" else "") for s in SPLITS}
@@ -294,7 +374,7 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     m = Manifest(f"zhdata pack --mode {o.mode}", {**params, "inputs": [str(f) for f in files]})
     m.inputs.extend(described)
     engine = engine or LocalEngine(1)
-    _stream(pieces, tok, engine, writers, state, out, o, policy, counts, stats)
+    _stream(pieces, tok, engine, writers, state, out, o, policy, counts, stats, store)
     if counts.records_out == 0:
         raise InputError(inputs[0], None, f"no {'document' if o.mode == 'pt' else 'conversation'} could be packed "
                          f"(read {counts.records_in}, dropped {dict(counts.dropped)})")
