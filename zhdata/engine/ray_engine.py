@@ -15,6 +15,7 @@ work and before its result is handed in: the worst moment, its outputs written a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -31,20 +32,40 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 FAULT_ENV = "ZHDATA_FAULT_KILL_ONCE"
+# What the driver hands its tasks so that they reach the same object store: the variables s3fs (botocore) and fsspec
+# read for credentials, region and endpoint. Never names of files (AWS_PROFILE, credential files): another node
+# may not have them.
+STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def storage_env() -> dict[str, str]:
+    """The driver's STORAGE_ENV and FSSPEC_* variables that are set, less those the submitted job's own runtime_env
+    (`ray job submit --runtime-env-json`) sets already: Ray refuses to merge a variable set twice."""
+    env = {k: v for k, v in os.environ.items() if k in STORAGE_ENV or k.startswith("FSSPEC_")}
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    for k in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        env.pop(k, None)
+    return env
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **local: Any) -> None:
     """Join the cluster at `address` (`auto`, HOST:PORT, ray://...), else RAY_ADDRESS, else start a local Ray with
-    `num_cpus` CPUs (`local`: more `ray.init` arguments for it, e.g. object_store_memory). Nothing if already joined."""
+    `num_cpus` CPUs (`local`: more `ray.init` arguments for it, e.g. object_store_memory). Nothing if already joined.
+    Every task of the job gets the driver's object-store credentials and endpoint (`storage_env`) as environment
+    variables, whichever node it runs on."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    env = storage_env()
+    runtime_env = {"env_vars": env} if env else None
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
         else:
             # "local": a new Ray for this run, even where `ray start` left a cluster's address on this machine
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, **local)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                     runtime_env=runtime_env, **local)
     except ConnectionError as e:
         raise InputError("--ray-address", None, f"cannot reach a Ray cluster at {address}: {e}",
                          "start one with `ray start --head`, or leave --ray-address out for a local Ray") from None
