@@ -164,3 +164,25 @@ def test_pack_on_local_worker_processes_equals_one_process(cleaned, tok_dir, tmp
     assert _pack(shards, tok_dir, tmp_path / "p2", "pt", "--workers", "2") == 0
     assert _bins(tmp_path / "p1") == _bins(tmp_path / "p2")
     assert _manifest(tmp_path / "p1") == _manifest(tmp_path / "p2")
+
+
+def test_local_paths_on_a_cluster_of_several_nodes_are_named_in_a_warning(ray_cluster, capsys):
+    from zhdata.engine import LocalEngine, warn_if_unshared
+    from zhdata.engine.ray_engine import RayEngine
+
+    ray_engine = RayEngine(ray_cluster)
+    assert ray_engine.nodes() == 1  # the test cluster: one node, every local path is seen by every task
+    warn_if_unshared(ray_engine, ["/data/in", "s3://b/out"])
+    warn_if_unshared(LocalEngine(2), ["/data/in"])
+    assert capsys.readouterr().err == ""
+
+    class TwoNodes(RayEngine):  # what ray.nodes() reports on a real cluster of two machines
+        def nodes(self) -> int:
+            return 2
+
+    warn_if_unshared(TwoNodes(ray_cluster), ["/data/in", "s3://b/in", "/data/b", "/data/c", "/data/d"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 nodes" in err and "/data/in, /data/b, /data/c and 1 more" in err
+    assert "s3://b/in" not in err and "object store" in err
+    warn_if_unshared(TwoNodes(ray_cluster), ["s3://b/in", "gs://b/out"])  # all on object stores: nothing to say
+    assert capsys.readouterr().err == ""

@@ -30,7 +30,7 @@ from .pii import PII_MODES, PII_TYPES, Pii
 from .quality import Quality
 from .normalize import OPENCC_MODES, STEPS, Normalizer
 from .documents import iter_documents
-from .engine import Engine, LocalEngine, add_engine_options, engine_from_args
+from .engine import Engine, LocalEngine, add_engine_options, engine_from_args, warn_if_unshared
 from .readers import Piece, ReadOptions, add_read_options, expand_inputs, plan_pieces, read_options
 from .shards import ShardState, check_output_folder, run_inputs
 
@@ -164,6 +164,7 @@ def run_clean(inputs: list[str | Path], out_dir: str | Path | None, opts: CleanO
     engine = engine or LocalEngine(workers)
     if out_dir is not None:
         check_output_folder(out_dir, inputs)
+    warn_if_unshared(engine, [*inputs, *([out_dir] if out_dir is not None else [])])
     found = ErrorPolicy(opts.on_error)
     files = expand_inputs(inputs, opts.fmt, found)
     pieces = plan_pieces(files, opts.fmt, piece_mb << 20, opts.read)

@@ -29,7 +29,7 @@ from .manifest import MANIFEST, Counts, Manifest
 from .minhash import optimal_bands, signatures
 from .ngrams import codepoints, ngram_hashes
 from .normalize import dedupe_key
-from .engine import Engine, LocalEngine, add_engine_options, engine_from_args
+from .engine import Engine, LocalEngine, add_engine_options, engine_from_args, warn_if_unshared
 from .shards import ShardState, check_output_folder, run_inputs
 
 if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
@@ -224,6 +224,7 @@ def run_dedupe(in_dir: str | Path, out_dir: str | Path, opts: DedupeOptions, wor
     shards = list_shards(in_dir)
     out = fs.local(out_dir)
     check_output_folder(out, [in_dir])
+    warn_if_unshared(engine, [in_dir, out])
     # the input's manifest and shards by content: re-cleaned or replaced input is never resumed over
     described, identity = run_inputs([fs.join(in_dir, MANIFEST), *shards])
     params = {"input": fs.canonical(in_dir), "inputs": identity, **asdict(opts)}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 
 from ..errors import InputError
@@ -34,6 +36,10 @@ class Engine(Protocol):
         """What ran the stage, for the manifest."""
         ...
 
+    def nodes(self) -> int:
+        """Machines the tasks may run on."""
+        ...
+
 
 class LocalEngine:
     """Today's executor: `workers` spawned processes on this machine."""
@@ -50,6 +56,23 @@ class LocalEngine:
 
     def describe(self) -> dict:
         return {"engine": "local", "workers": self.workers}
+
+    def nodes(self) -> int:
+        return 1
+
+
+def warn_if_unshared(engine: Engine, locations: Iterable[str | Path]) -> None:
+    """On several nodes every task reads its inputs and writes its outputs itself, so a local path works only where
+    every node mounts it at that path (a shared filesystem), which the driver cannot check: say so, naming them."""
+    from .. import fs
+
+    if engine.name == "local":  # one machine: nothing to ask (and no Ray to import)
+        return
+    local = [str(p) for p in locations if not fs.is_remote(str(p))]
+    if local and (n := engine.nodes()) > 1:
+        print(f"warning: the Ray cluster has {n} nodes and tasks on each read or write {', '.join(local[:3])}"
+              f"{f' and {len(local) - 3} more' if len(local) > 3 else ''}: local paths must be on a filesystem "
+              "every node mounts at the same path; else use an object store (s3://...)", file=sys.stderr)
 
 
 def get_engine(name: str, ray_address: str | None = None, workers: int | None = None) -> Engine:

@@ -99,6 +99,10 @@ class RayEngine:
             out["cluster_cpus"] = int(ray.cluster_resources().get("CPU", 0))
         return out
 
+    def nodes(self) -> int:
+        init_ray(self.address, self.workers)
+        return sum(1 for n in ray.nodes() if n.get("Alive"))
+
 
 def _results(ds: "ray.data.Dataset") -> Iterator[Any]:
     for row in ds.iter_rows():

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .. import fs
-from ..engine import Engine, LocalEngine
+from ..engine import Engine, LocalEngine, warn_if_unshared
 from ..errors import ErrorPolicy, InputError
 from ..manifest import MANIFEST, Counts, Manifest
 from ..readers import ReadOptions, iter_records, plan_pieces
@@ -93,6 +93,8 @@ def run_instruct(sources: list[Source], out_dir: str | Path, cfg: InstructOption
     `out_dir` (a local folder or a URI of `zhdata.fs`; the inputs too)."""
     out_dir = fs.local(out_dir)
     check_output_folder(out_dir, [f for s in sources for f in s.files])
+    if engine is not None:  # tasks read the input files; the driver writes the output
+        warn_if_unshared(engine, [f for s in sources for f in s.files])
     fs.makedirs(out_dir)
     # the old output goes as a whole: a failed rerun must not leave a manifest describing deleted parts
     for name in fs.listdir(out_dir):

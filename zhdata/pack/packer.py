@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import fs
-from ..engine import Engine, LocalEngine
+from ..engine import Engine, LocalEngine, warn_if_unshared
 from ..errors import ErrorPolicy, InputError
 from ..manifest import MANIFEST, Counts, Manifest
 from ..readers import ReadOptions, expand_inputs, iter_records, plan_pieces
@@ -343,6 +343,8 @@ def pack(inputs: list[str | Path], tokenizer: str | Path, out: str | Path, o: Pa
     policy = ErrorPolicy(o.on_error)
     out = fs.local(out)
     check_output_folder(out, inputs)
+    if engine is not None:
+        warn_if_unshared(engine, [*inputs, out, tok.path])  # each task loads the tokenizer folder itself
     files = expand_inputs(inputs, policy=policy)
     pieces = plan_pieces(files, read=o.read)
     described, identity = run_inputs(files)
