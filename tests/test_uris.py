@@ -258,3 +258,29 @@ def test_clean_and_pack_on_ray_read_and_write_s3_like_the_local_engine(s3, ray_c
         assert all(got[k] == want[k] for k in want if k.endswith(suffix)), on_ray
         a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
         assert a["counts"] == b["counts"] and b["engine"]["engine"] == "ray"
+
+
+def test_an_unreachable_store_or_a_missing_bucket_is_a_one_line_error(s3, tmp_path):
+    """No credentials, an endpoint that does not answer, a bucket that does not exist: one line naming the location,
+    exit 2, never a traceback. Run as the user runs it (a fresh process: s3fs caches clients and their credentials);
+    botocore is kept off the network (no instance metadata, no credential files): only the loopback is asked."""
+    src = corpus(tmp_path / "corpus")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    base.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_DEFAULT_REGION="us-east-1")
+    moto = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+    port = closed.getsockname()[1]
+    closed.close()
+    for env, argv, want in (
+        ({"AWS_ENDPOINT_URL": moto["AWS_ENDPOINT_URL"]}, ["s3://bucket/x", "-o", str(tmp_path / "o")],
+         "s3://bucket/x: cannot reach the object store: no credentials found"),
+        ({**moto, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"}, ["s3://bucket/x", "-o", str(tmp_path / "o")],
+         "s3://bucket/x: cannot reach the object store: its endpoint does not answer"),
+        (moto, [str(src), "-o", "s3://no-such-bucket/out"], "s3://no-such-bucket/out: cannot write here"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "zhdata.cli", "clean", *argv, "--no-progress"], env={**base, **env},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1 and want in r.stderr, r.stderr

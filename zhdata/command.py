@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Callable, Sequence
 
+from . import fs
 from .errors import InputError
 
 
@@ -49,6 +50,13 @@ def run(prog: str, description: str, commands: Sequence[Command], argv: Sequence
         return int(import_module(chosen.module).run(args) or 0)
     except InputError as e:
         print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an object store this machine cannot reach: the user's setup, not a bug
+        values = [x for v in vars(args).values() for x in (v if isinstance(v, list) else [v])]
+        uris = [x for x in values if isinstance(x, str) and fs.is_remote(x)]
+        if (err := fs.unreachable(e, uris[0] if uris else "(object store)")) is None:
+            raise
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

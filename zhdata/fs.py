@@ -38,6 +38,29 @@ def local(loc: str | Path) -> str | Path:
     return Path(s[len("file://"):] if s.startswith("file://") else s)
 
 
+# Errors of the object-store clients that mean this machine cannot reach the store at all (no credentials, an endpoint
+# that does not answer), known by name: importing botocore or google.auth to test for them would load them every run.
+_UNREACHABLE = {"NoCredentialsError": "no credentials found", "PartialCredentialsError": "incomplete credentials",
+                "CredentialRetrievalError": "the credentials could not be fetched",
+                "EndpointConnectionError": "its endpoint does not answer",
+                "DefaultCredentialsError": "no credentials found", "RefreshError": "the credentials could not be refreshed"}
+
+
+def unreachable(e: BaseException | None, where: str) -> InputError | None:
+    """The one-line error for an exception, or one it was raised from (a Ray task's), saying that the object store
+    at `where` cannot be reached from here; None for any other exception."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for cls in type(e).__mro__:
+            if cls.__name__ in _UNREACHABLE and cls.__module__.split(".")[0] in ("botocore", "google"):
+                return InputError(where, None, f"cannot reach the object store: {_UNREACHABLE[cls.__name__]} ({cls.__name__})",
+                                  "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, with AWS_ENDPOINT_URL for an S3-compatible "
+                                  "store; GOOGLE_APPLICATION_CREDENTIALS for gs://; or give the machine a role")
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _fs(loc: str) -> tuple[Any, str]:
     """The filesystem and path of a URI, with the filesystem's listing cache dropped: other processes (workers)
     write into the same folders, so a cached listing would miss their files."""

@@ -160,6 +160,8 @@ def _remote_lock(folder: str) -> Iterator[None]:
         me = _acquire_remote(folder)
     except PermissionError as e:
         raise InputError(folder, None, f"cannot write the lock object here: {e}", "check the credentials' write access") from None
+    except FileNotFoundError as e:  # S3: no such bucket
+        raise InputError(folder, None, f"cannot write here: {e}", "create the bucket first, or check its name") from None
     try:
         yield
     finally:
