@@ -1,7 +1,7 @@
 """Benchmarks of `zhdata clean` and `zhdata dedupe` (issue: zhdata foundation). Five sub-commands:
 
     python benchmarks/bench_zhdata.py clean   --corpus ../shared/corpus/zh      # MB/s per core vs plain Python
-    python benchmarks/bench_zhdata.py minhash --corpus ../shared/corpus/zh      # MB/s per core vs datasketch
+    python benchmarks/bench_zhdata.py minhash --corpus ../shared/corpus/zh      # MB/s per core vs rensa, datasketch
     python benchmarks/bench_zhdata.py quality --corpus ../shared/corpus/zh      # pair precision/recall
     python benchmarks/bench_zhdata.py scaling --corpus ../shared/corpus/zh --sizes 100 500 2000 --work /tmp/bz
     python benchmarks/bench_zhdata.py mainland --corpus ../shared/corpus/zh     # dedupe key in mainland usage
@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # rensa (benchmark only): one thread
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
@@ -35,7 +36,7 @@ from zhdata.dedupe import DedupeOptions  # noqa: E402
 from zhdata.minhash import optimal_bands, signatures  # noqa: E402
 from zhdata.lsh import band_keys  # noqa: E402
 from zhdata.normalize import Normalizer, dedupe_key, opencc_convert  # noqa: E402
-from zhdata.ngrams import codepoints, ngram_hashes  # noqa: E402
+from zhdata.ngrams import codepoints, ngram_hashes, text_chunks  # noqa: E402
 from corpus_texts import load_texts  # noqa: E402
 from zhdata.readers import expand_inputs, iter_records  # noqa: E402
 
@@ -101,24 +102,101 @@ def bench_clean(a: argparse.Namespace) -> dict:
             "kept_zhdata": int(reason.is_null().sum()), "kept_plain": kept_plain}
 
 
-# --- 2. MinHash signatures vs datasketch ---------------------------------------------------------
+# --- 2. MinHash signatures vs rensa and datasketch ------------------------------------------------
+# rensa and datasketch are benchmark-only: `pip install --target .bench-site rensa==0.5.0` (datasketch>=2.0 comes
+# with the test extra), then PYTHONPATH=.bench-site. RAYON_NUM_THREADS=1 keeps rensa on one thread.
+def _hashes(texts: list[str], ngram: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk of texts (as `signatures` reads them): the flat 5-gram hashes and uint64 row offsets, the same
+    n-grams `signatures` hashes (a text shorter than one n-gram is one token)."""
+    out = []
+    for lo, hi in text_chunks(texts):
+        cp, off = codepoints(texts[lo:hi])
+        h, _, doc = ngram_hashes(cp, off, ngram, 1, whole_short=True)
+        order = np.argsort(doc, kind="stable")  # whole-text hashes of short texts come last: put them in place
+        rows = np.zeros(hi - lo + 1, dtype=np.uint64)
+        np.cumsum(np.bincount(doc, minlength=hi - lo), out=rows[1:])
+        out.append((h[order], rows))
+    return out
+
+
+def _identity(x: int) -> int:
+    return x
+
+
+def _cpu_wall(fn) -> tuple[float, float]:
+    c, w = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - c, time.perf_counter() - w
+
+
+def _best(fn, repeat: int) -> tuple[float, float]:
+    runs = [_cpu_wall(fn) for _ in range(repeat)]
+    return min(runs)
+
+
 def bench_minhash(a: argparse.Namespace) -> dict:
+    """Signatures of the corpus's dedupe keys (character 5-grams, 128 values), one process, one thread, CPU seconds
+    (best of --repeat): zhdata against rensa's flat-hash matrix paths fed the same 5-gram hashes (their hashing
+    counted) and datasketch's batch API (`MinHash.bulk`, on every --ds-fraction-th document), and zhdata's breakdown."""
+    import rensa
     from datasketch import MinHash
+    from zhdata import minhash as zm
     texts = dedupe_key(pl.Series(load_texts(a.corpus, a.limit_mb))).to_list()
     size = mb(texts)
-    t = time.perf_counter()
-    signatures(texts, 128, 5)
-    ours = time.perf_counter() - t
-    sub = texts[: max(1, len(texts) // a.ds_fraction)]  # datasketch is slow: time a share, same documents
-    t = time.perf_counter()
-    for x in sub:
-        m = MinHash(num_perm=128)
-        for i in range(max(len(x) - 4, 1)):
-            m.update(x[i:i + 5].encode("utf-8"))
-    theirs = time.perf_counter() - t
-    ds_rate = mb(sub) / theirs
-    return {"docs": len(texts), "mb": round(size, 1), "zhdata_mb_s": round(size / ours, 1),
-            "datasketch_mb_s": round(ds_rate, 2), "datasketch_docs_timed": len(sub), "speedup": round(size / ours / ds_rate, 1)}
+    rows: dict[str, dict] = {}
+
+    def row(name: str, cpu: float, wall: float, mbytes: float = size) -> None:
+        rows[name] = {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "MB_s_per_core": round(mbytes / cpu, 2)}
+
+    row("zhdata.minhash.signatures", *_best(lambda: signatures(texts, 128, 5), a.repeat))
+    for name, fn in (("rensa RMinHash.digest_matrix_from_flat_token_hashes", rensa.RMinHash.digest_matrix_from_flat_token_hashes),
+                     ("rensa RMinHash.digest_matrix_from_flat_token_hashes_rho (samples positions)",
+                      rensa.RMinHash.digest_matrix_from_flat_token_hashes_rho)):
+        row(name + ", with the 5-gram hashing", *_best(lambda: [fn(h, r, 128, 1) for h, r in _hashes(texts)], a.repeat))
+        hashed = _hashes(texts)
+        row(name + ", call alone", *_best(lambda: [fn(h, r, 128, 1) for h, r in hashed], a.repeat))
+    # zhdata's breakdown: the shared hashing, the bin minima, the densification
+    row("zhdata: 5-gram hashes (codepoints + ngram_hashes)",
+        *_best(lambda: [ngram_hashes(*codepoints(texts[lo:hi]), 5, 1, whole_short=True) for lo, hi in text_chunks(texts)], a.repeat))
+    out = np.full((len(texts), 128), zm.EMPTY, dtype=np.uint32)
+    filled = np.zeros((len(texts), 128), dtype=bool)
+
+    def minima() -> None:
+        out.fill(zm.EMPTY), filled.fill(False)
+        for lo, hi in text_chunks(texts):
+            zm._bin_minima(texts[lo:hi], out[lo:hi], filled[lo:hi], 5, 1)
+    row("zhdata: hashes + bin minima", *_best(minima, a.repeat))
+    order, rank = zm._probe_order(128, 1)
+    binned = out.copy()
+
+    def densify() -> None:
+        out[:] = binned
+        for lo in range(0, len(texts), zm._DENSIFY_ROWS):
+            zm._densify(out[lo:lo + zm._DENSIFY_ROWS], filled[lo:lo + zm._DENSIFY_ROWS], order, rank)
+    row("zhdata: densification", *_best(densify, a.repeat))
+    sub = texts[:: a.ds_fraction]  # datasketch is slow: every N-th document, same corpus
+    shingles = [[x[i:i + 5].encode() for i in range(max(len(x) - 4, 1))] for x in sub]
+    row("datasketch MinHash.bulk (SHA-1 of each 5-gram, the documented batch API)",
+        *_cpu_wall(lambda: MinHash.bulk(shingles, num_perm=128)), mb(sub))
+    row("datasketch MinHash.bulk, 5-gram bytes built in the timing",
+        *_cpu_wall(lambda: MinHash.bulk(([x[i:i + 5].encode() for i in range(max(len(x) - 4, 1))] for x in sub),
+                                        num_perm=128)), mb(sub))
+
+    def fed_hashes() -> None:  # the 5-gram hashes computed in numpy, as rensa gets them; datasketch applies its permutations
+        lists = [np.split(h.astype(np.uint32), r[1:-1].astype(np.int64)) for h, r in _hashes(sub)]
+        MinHash.bulk((x.tolist() for part in lists for x in part), num_perm=128, hashfunc=_identity)
+    row("datasketch MinHash.bulk fed zhdata's 5-gram hashes (low 32 bits)", *_cpu_wall(fed_hashes), mb(sub))
+
+    def per_shingle() -> None:
+        for x in sub:
+            m = MinHash(num_perm=128)
+            for i in range(max(len(x) - 4, 1)):
+                m.update(x[i:i + 5].encode("utf-8"))
+    row("datasketch MinHash().update() per 5-gram", *_cpu_wall(per_shingle), mb(sub))
+    ours = rows["zhdata.minhash.signatures"]["MB_s_per_core"]
+    return {"docs": len(texts), "MB": round(size, 1), "datasketch docs": len(sub), "datasketch MB": round(mb(sub), 2),
+            "load average": os.getloadavg(), "rows": rows,
+            "zhdata / each": {k: round(ours / v["MB_s_per_core"], 2) for k, v in rows.items() if not k.startswith("zhdata")}}
 
 
 # --- 3. near-duplicate quality ------------------------------------------------------------------
@@ -325,6 +403,7 @@ def main() -> None:
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--limit-mb", type=float, default=None, help="use only the first N MB of the corpus")
     p.add_argument("--ds-fraction", type=int, default=10, help="time datasketch on 1/N of the documents")
+    p.add_argument("--repeat", type=int, default=3, help="minhash: best of N runs (CPU seconds)")
     p.add_argument("--docs", type=int, default=1500, help="quality: originals (each gets one planted variant)")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
     p.add_argument("--workers", type=int, default=2)

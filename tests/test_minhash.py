@@ -81,3 +81,62 @@ def test_ngram_hashes_equal_the_plain_polynomial():
                 acc = (acc * int(mult) + c) % (1 << 64)
             want.append(acc)
         assert _window_polynomial(cp, n, mult).tolist() == want
+
+
+def _texts_of_every_length(rng, count=400, longest=80):
+    pool = list(POOL) + list("abcXYZ 𠀀")
+    return ["".join(rng.choice(pool, int(n))) for n in rng.integers(0, longest, count)]
+
+
+def test_ngram_hashes_of_a_batch_equal_each_text_alone():
+    from zhdata.ngrams import mix64, seeded
+    texts = _texts_of_every_length(np.random.default_rng(8)) + ["", "ab", "", "abcdefgh"]
+    cp, off = codepoints(texts)
+    for n in (1, 3, 5, 13):
+        h, starts, doc = ngram_hashes(cp, off, n, seed=4, whole_short=True)
+        mult, salt = int(seeded(4, 1)) | 1, seeded(4, 2)
+        want_h, want_start, want_doc, short = [], [], [], []
+        for d, t in enumerate(texts):
+            codes = [ord(c) for c in t]
+            spans = [(i, codes[i:i + n]) for i in range(len(t) - n + 1)] if len(t) >= n else []
+            if 0 < len(t) < n:
+                short.append((int(off[d]), d, codes))  # whole-text hashes come after all n-gram hashes
+            for i, window in spans:
+                acc = 0
+                for c in window:
+                    acc = (acc * mult + c) % (1 << 64)
+                want_h.append(acc), want_start.append(int(off[d]) + i), want_doc.append(d)
+        for start, d, codes in short:
+            acc = 0
+            for c in codes:
+                acc = (acc * mult + c) % (1 << 64)
+            want_h.append(acc), want_start.append(start), want_doc.append(d)
+        want = mix64(np.array(want_h, dtype=np.uint64) ^ salt)
+        assert h.tolist() == want.tolist() and starts.tolist() == want_start and doc.tolist() == want_doc, n
+
+
+def _densified_by_walking_probes(texts, num_perm, ngram, seed):
+    """The definition: each empty bin copies the first filled bin on its own probe sequence (else the text's first
+    filled bin), one bin at a time."""
+    probes = np.random.default_rng([seed, num_perm, 7]).integers(0, num_perm, size=(num_perm, 1024))
+    cp, off = codepoints(texts)
+    h, _, doc = ngram_hashes(cp, off, ngram, seed, whole_short=True)
+    bins = ((h >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
+    out = np.full((len(texts), num_perm), 0xFFFFFFFF, dtype=np.uint32)
+    for d, b, v in zip(doc.tolist(), bins.tolist(), (h & np.uint64(0xFFFFFFFF)).tolist()):
+        out[d, b] = min(out[d, b], v)
+    for d in range(len(texts)):
+        filled = set(np.unique(bins[doc == d]).tolist())
+        src = out[d].copy()
+        for j in set(range(num_perm)) - filled if filled else ():
+            k = next((int(k) for k in probes[j] if int(k) in filled), min(filled))
+            out[d, j] = src[k]
+    return out
+
+
+def test_densification_equals_walking_each_probe_sequence():
+    # short texts leave most bins empty: every empty bin is filled from the first filled bin on its probe sequence
+    texts = _texts_of_every_length(np.random.default_rng(9), count=300, longest=60) + ["短", "", "一二三四五"]
+    for num_perm, ngram, seed in ((128, 5, 1), (37, 3, 2), (300, 5, 3)):
+        want = _densified_by_walking_probes(texts, num_perm, ngram, seed)
+        assert np.array_equal(signatures(texts, num_perm, ngram, seed), want), (num_perm, ngram, seed)

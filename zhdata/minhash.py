@@ -10,6 +10,7 @@ benchmark and `tests/test_minhash.py` compare its Jaccard estimates with dataske
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -18,10 +19,23 @@ from .ngrams import codepoints, ngram_hashes, text_chunks
 
 EMPTY = np.uint32(0xFFFFFFFF)
 _PROBES = 1024
+_DENSIFY_ROWS = 1 << 16  # texts densified together: a few large numpy passes, not many small ones
+_GROUP = 1024  # texts of similar filled-bin counts gathered in one padded (texts, count, num_perm) block
 
 
-def _probe_table(num_perm: int, seed: int) -> np.ndarray:
-    return np.random.default_rng([seed, num_perm, 7]).integers(0, num_perm, size=(num_perm, _PROBES))
+@lru_cache(maxsize=8)
+def _probe_order(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, rank_by_bin): order[j] lists every bin in the order bin j's probe sequence first reaches it
+    (bins it never reaches last, ascending); rank_by_bin[k, j] is k's position in order[j]. An empty bin j
+    copies the filled bin that comes first in order[j]: the first filled bin on its probe sequence, else
+    (about (1 - 1/num_perm) ** 1024 of a text with one filled bin) the text's first filled bin."""
+    probes = np.random.default_rng([seed, num_perm, 7]).integers(0, num_perm, size=(num_perm, _PROBES))
+    first = np.full((num_perm, num_perm), _PROBES, dtype=np.int64)
+    np.minimum.at(first, (np.repeat(np.arange(num_perm), _PROBES), probes.ravel()), np.tile(np.arange(_PROBES), num_perm))
+    order = np.argsort(first * num_perm + np.arange(num_perm), axis=1)
+    rank_by_bin = np.ascontiguousarray(np.argsort(order, axis=1).astype(np.uint8 if num_perm <= 256 else np.uint16).T)
+    order.flags.writeable = rank_by_bin.flags.writeable = False  # shared through the cache
+    return order, rank_by_bin
 
 
 def signatures(texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 1) -> np.ndarray:
@@ -30,42 +44,47 @@ def signatures(texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: 
     An empty text gets the all-EMPTY signature.
     """
     out = np.full((len(texts), num_perm), EMPTY, dtype=np.uint32)
-    probes = _probe_table(num_perm, seed)
+    filled = np.zeros((len(texts), num_perm), dtype=bool)
     for a, b in text_chunks(texts):
-        out[a:b] = _signatures(texts[a:b], num_perm, ngram, seed, probes)
+        _bin_minima(texts[a:b], out[a:b], filled[a:b], ngram, seed)
+    order, rank_by_bin = _probe_order(num_perm, seed)
+    for a in range(0, len(texts), _DENSIFY_ROWS):
+        _densify(out[a : a + _DENSIFY_ROWS], filled[a : a + _DENSIFY_ROWS], order, rank_by_bin)
     return out
 
 
-def _signatures(texts: Sequence[str], num_perm: int, ngram: int, seed: int, probes: np.ndarray) -> np.ndarray:
+def _bin_minima(texts: Sequence[str], sig: np.ndarray, filled: np.ndarray, ngram: int, seed: int) -> None:
+    """Each text's n-gram hashes sent to bins: per bin the minimum, and whether any n-gram landed there."""
+    num_perm = sig.shape[1]
     cp, offsets = codepoints(texts)
-    n = len(texts)
     h, _, doc = ngram_hashes(cp, offsets, ngram, seed, whole_short=True)
-    sig = np.full(n * num_perm, EMPTY, dtype=np.uint32)
     # bin from the high 32 bits (multiply-shift works for any num_perm), value from the low 32 bits
     bins = (((h >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)).astype(np.int64)
     slot = doc * num_perm + bins
-    np.minimum.at(sig, slot, (h & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-    filled = np.zeros(n * num_perm, dtype=bool)
-    filled[slot] = True
-    sig, filled = sig.reshape(n, num_perm), filled.reshape(n, num_perm)
-    _densify(sig, filled, probes)
-    return sig
+    np.minimum.at(sig.reshape(-1), slot, h.astype(np.uint32))  # the cast keeps the low 32 bits
+    filled.reshape(-1)[slot] = True
 
 
-def _densify(sig: np.ndarray, filled: np.ndarray, probes: np.ndarray) -> None:
-    """Fill each empty bin j from the first filled bin on j's fixed probe sequence (same for every text)."""
-    nonempty = filled.any(axis=1)
-    d, j = np.nonzero(~filled & nonempty[:, None])
-    src = sig.copy()
-    for t in range(probes.shape[1]):
-        if len(d) == 0:
-            return
-        k = probes[j, t]
-        ok = filled[d, k]
-        sig[d[ok], j[ok]] = src[d[ok], k[ok]]
-        d, j = d[~ok], j[~ok]
-    if len(d):  # about (1 - 1/num_perm) ** 1024 of a text with one filled bin: take its first filled bin
-        sig[d, j] = src[d, filled[d].argmax(axis=1)]
+def _densify(sig: np.ndarray, filled: np.ndarray, order: np.ndarray, rank_by_bin: np.ndarray) -> None:
+    """Fill each empty bin j from the filled bin that comes first in order[j] (same for every text).
+
+    That bin is order[j, min over filled k of rank_by_bin[k, j]]: one gather of the filled bins' rank rows
+    and a min over them per text, texts grouped by filled count (padded with a repeat of a filled bin), instead
+    of following each empty bin's probe sequence step by step (which cost 2/3 of the time on short texts)."""
+    num_perm = sig.shape[1]
+    count = filled.sum(axis=1)
+    rows = np.flatnonzero((count > 0) & (count < num_perm))
+    rows = rows[np.argsort(count[rows], kind="stable")]
+    bins = np.arange(num_perm)
+    for a in range(0, len(rows), _GROUP):
+        r, f = rows[a : a + _GROUP], count[rows[a : a + _GROUP]]
+        fil = filled[r]
+        ks = np.nonzero(fil)[1]  # filled bins, text by text
+        starts = np.cumsum(f) - f
+        idx = ks[starts[:, None] + np.minimum(np.arange(int(f[-1])), f[:, None] - 1)]
+        first = order[bins, rank_by_bin[idx].min(axis=1)]
+        s = sig[r]
+        sig[r] = np.where(fil, s, np.take_along_axis(s, first, axis=1))
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
