@@ -166,13 +166,13 @@ def bench_minhash(a: argparse.Namespace) -> dict:
         for lo, hi in text_chunks(texts):
             zm._bin_minima(texts[lo:hi], out[lo:hi], filled[lo:hi], 5, 1)
     row("zhdata: hashes + bin minima", *_best(minima, a.repeat))
-    order, rank = zm._probe_order(128, 1)
+    tables = zm._probe_order(128, 1)
     binned = out.copy()
 
     def densify() -> None:
         out[:] = binned
         for lo in range(0, len(texts), zm._DENSIFY_ROWS):
-            zm._densify(out[lo:lo + zm._DENSIFY_ROWS], filled[lo:lo + zm._DENSIFY_ROWS], order, rank)
+            zm._densify(out[lo:lo + zm._DENSIFY_ROWS], filled[lo:lo + zm._DENSIFY_ROWS], *tables)
     row("zhdata: densification", *_best(densify, a.repeat))
     sub = texts[:: a.ds_fraction]  # datasketch is slow: every N-th document, same corpus
     shingles = [[x[i:i + 5].encode() for i in range(max(len(x) - 4, 1))] for x in sub]
@@ -265,6 +265,9 @@ def lsh_pairs(sigs: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
 
 
 def bench_quality(a: argparse.Namespace) -> dict:
+    """Pair precision and recall against exact 5-gram Jaccard on planted near-duplicates, every tool on the same
+    cleaned keys and the same 5-gram shingles, with each tool's CPU seconds (sketches, LSH, the check of candidates)."""
+    import rensa
     from datasketch import MinHash, MinHashLSH
     rng = np.random.default_rng(0)
     docs = [t for t in load_texts(a.corpus) if 200 <= len(t) <= 3000]
@@ -272,31 +275,66 @@ def bench_quality(a: argparse.Namespace) -> dict:
     variants, kinds = plant(docs, rng)
     keys = dedupe_key(pl.Series(Normalizer().apply(pl.Series(docs + variants))[0])).to_list()
     truth_all = exact_pairs(keys, 5, 0.5)
-    sigs = signatures(keys, 128, 5)
-    ds_sigs = []
-    for k in keys:
-        m = MinHash(num_perm=128)
-        m.update_batch([k[i:i + 5].encode() for i in range(max(len(k) - 4, 1))])
-        ds_sigs.append(m)
-    out = {"documents": len(keys), "planted": Counter(kinds)}
+    shingles = [[k[i:i + 5] for i in range(max(len(k) - 4, 1))] for k in keys]
+    cpu: dict[str, float] = {}
+
+    def timed_cpu(name: str, fn):
+        t = time.process_time()
+        r = fn()
+        cpu[name] = round(time.process_time() - t, 3)
+        return r
+
+    sigs = timed_cpu("zhdata signatures", lambda: signatures(keys, 128, 5))
+    ds_sigs = timed_cpu("datasketch MinHash.bulk", lambda: MinHash.bulk(([x.encode() for x in s] for s in shingles), num_perm=128))
+    rs = timed_cpu("rensa RMinHash.from_token_sets", lambda: rensa.RMinHash.from_token_sets(shingles, 128, 1))
+    sets: list[np.ndarray] = []
+
+    def exact_sets() -> None:
+        cp, off = codepoints(keys)
+        h, _, doc = ngram_hashes(cp, off, 5, 1, whole_short=True)
+        order = np.argsort(doc, kind="stable")
+        sets.extend(np.unique(x) for x in np.split(h[order], np.cumsum(np.bincount(doc, minlength=len(keys)))[:-1]))
+    timed_cpu("zhdata n-gram sets for verification", exact_sets)
+
+    def verified(cand: set, t: float) -> set:
+        keep = set()
+        for i, j in cand:
+            inter = len(np.intersect1d(sets[i], sets[j], assume_unique=True))
+            if inter / (len(sets[i]) + len(sets[j]) - inter) >= t:
+                keep.add((i, j))
+        return keep
+
+    out = {"documents": len(keys), "planted": Counter(kinds), "load average": os.getloadavg()}
     for t in (0.7, 0.8, 0.9):
         truth = {p for p, j in truth_all.items() if j >= t}
         b, r = optimal_bands(t, 128)
         cand = lsh_pairs(sigs, b, r)
-        est = {p for p in cand if np.mean(sigs[p[0]] == sigs[p[1]]) >= t}
-        lsh = MinHashLSH(threshold=t, num_perm=128)
-        for i, m in enumerate(ds_sigs):
-            lsh.insert(i, m)
-        ds_cand = {(min(i, j), max(i, j)) for i, m in enumerate(ds_sigs) for j in lsh.query(m) if i != j}
-        # the default since issue 14: bands chosen for recall, candidates verified by exact Jaccard (= truth_all's)
-        bv, rv = DedupeOptions(threshold=t).resolved().bands, DedupeOptions(threshold=t).resolved().rows
-        verified = {p for p in lsh_pairs(sigs, bv, rv) if truth_all.get(p, 0.0) >= t}
-        row = {"bands_x_rows": f"{b}x{r}", "default_bands_x_rows": f"{bv}x{rv}", "true_pairs": len(truth)}
-        for name, pred in (("zhdata_lsh", cand), ("zhdata_lsh_plus_estimate", est), ("datasketch_lsh", ds_cand),
-                           ("zhdata_default_verified", verified)):
+
+        def ds_lsh():
+            lsh = MinHashLSH(threshold=t, num_perm=128)
+            for i, m in enumerate(ds_sigs):
+                lsh.insert(i, m)
+            return {(min(i, j), max(i, j)) for i, m in enumerate(ds_sigs) for j in lsh.query(m) if i != j}
+        ds_cand = timed_cpu(f"datasketch MinHashLSH at {t}", ds_lsh)
+
+        def rensa_lsh():  # what RMinHashDeduplicator does: LSH candidates kept when the estimate reaches t
+            lsh = rensa.RMinHashLSH(t, 128, a.rensa_bands)
+            lsh.insert_many(rs)
+            return {(min(i, j), max(i, j)) for i, c in enumerate(lsh.query_all(rs)) for j in c
+                    if i != j and rs[i].jaccard(rs[j]) >= t}
+        rensa_pairs = timed_cpu(f"rensa RMinHashLSH + estimate at {t}", rensa_lsh)
+        # the default since issue 14: bands chosen for recall, candidates verified by exact Jaccard
+        d = DedupeOptions(threshold=t).resolved()
+        ours = timed_cpu(f"zhdata default LSH + exact verification at {t}",
+                         lambda: verified(lsh_pairs(sigs, d.bands, d.rows), t))
+        row = {"bands_x_rows": f"{b}x{r}", "default_bands_x_rows": f"{d.bands}x{d.rows}", "true_pairs": len(truth),
+               "rensa_bands_x_rows": f"{a.rensa_bands}x{128 // a.rensa_bands}"}
+        for name, pred in (("zhdata_lsh_old_default_unverified", cand), ("datasketch_lsh", ds_cand),
+                           ("rensa_lsh_plus_estimate", rensa_pairs), ("zhdata_default_verified", ours)):
             tp = len(pred & truth)
             row[name] = {"precision": round(tp / max(len(pred), 1), 3), "recall": round(tp / max(len(truth), 1), 3)}
         out[f"threshold_{t}"] = row
+    out["cpu_s"] = cpu
     return out
 
 
@@ -403,6 +441,7 @@ def main() -> None:
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--limit-mb", type=float, default=None, help="use only the first N MB of the corpus")
     p.add_argument("--ds-fraction", type=int, default=10, help="time datasketch on 1/N of the documents")
+    p.add_argument("--rensa-bands", type=int, default=16, help="quality: rensa's LSH bands (a divisor of 128)")
     p.add_argument("--repeat", type=int, default=3, help="minhash: best of N runs (CPU seconds)")
     p.add_argument("--docs", type=int, default=1500, help="quality: originals (each gets one planted variant)")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
