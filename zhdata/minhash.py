@@ -19,6 +19,7 @@ from .ngrams import codepoints, ngram_hashes, text_chunks
 
 EMPTY = np.uint32(0xFFFFFFFF)
 _PROBES = 1024
+_CHUNK_CHARS = 1 << 16  # texts hashed together: arrays of 2^16 n-grams stay in cache (1.2x faster than 2^18)
 _DENSIFY_ROWS = 1 << 16  # texts densified together: a few large numpy passes, not many small ones
 _GROUP = 1024  # texts of similar filled-bin counts densified together (a running min over (texts, num_perm))
 
@@ -47,7 +48,7 @@ def signatures(texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: 
     """
     out = np.full((len(texts), num_perm), EMPTY, dtype=np.uint32)
     filled = np.zeros((len(texts), num_perm), dtype=bool)
-    for a, b in text_chunks(texts, 1 << 16):  # arrays of 2^16 n-grams stay in cache: 1.2x faster than 2^18
+    for a, b in text_chunks(texts, _CHUNK_CHARS):
         _bin_minima(texts[a:b], out[a:b], filled[a:b], ngram, seed)
     tables = _probe_order(num_perm, seed)
     for a in range(0, len(texts), _DENSIFY_ROWS):
