@@ -330,7 +330,8 @@ def bench_quality(a: argparse.Namespace) -> dict:
                          lambda: verified(lsh_pairs(sigs, d.bands, d.rows), t))
         row = {"bands_x_rows": f"{b}x{r}", "default_bands_x_rows": f"{d.bands}x{d.rows}", "true_pairs": len(truth),
                "rensa_bands_x_rows": f"{a.rensa_bands}x{128 // a.rensa_bands}"}
-        for name, pred in (("zhdata_lsh_old_default_unverified", cand), ("datasketch_lsh", ds_cand),
+        est = {p for p in cand if np.mean(sigs[p[0]] == sigs[p[1]]) >= t}
+        for name, pred in (("zhdata_lsh_old_default_unverified", cand), ("zhdata_lsh_plus_estimate", est), ("datasketch_lsh", ds_cand),
                            ("rensa_lsh_plus_estimate", rensa_pairs), ("zhdata_default_verified", ours)):
             tp = len(pred & truth)
             row[name] = {"precision": round(tp / max(len(pred), 1), 3), "recall": round(tp / max(len(truth), 1), 3)}
