@@ -120,6 +120,7 @@ def test_per_expert_sharded_and_fused_load_to_identical_nf4_equal_to_bitsandbyte
                                                      quant_type="nf4")
                 got = getattr(ex, w)[e].weight
                 assert torch.equal(got.data, q) and torch.equal(got.quant_state.absmax, st.absmax), (layer, w, e)
+                assert got.quant_state.dtype == torch.float32  # read as stored (bf16), dequantized in the compute dtype
         q, _ = bnb.functional.quantize_4bit(model.model.layers[layer].self_attn.q_proj.weight.float(), blocksize=64,
                                             compress_statistics=True, quant_type="nf4")
         assert torch.equal(a.model.layers[layer].self_attn.q_proj.weight.data, q)
@@ -144,6 +145,12 @@ def test_loader_holds_one_16bit_matrix_at_a_time(tmp_path):
     mod = MixtralForCausalLM(MIX).model.layers[0].mlp.experts
     held = [greedy.expert("model.layers.0.mlp.experts", e, w, mod, torch.float32) for e in range(E) for w in ("w1", "w2", "w3")]
     assert greedy.meter.peak == 3 * E * matrix == sum(t.numel() * 4 for t in held)
+    # a bf16 checkpoint loaded for fp32 compute: each matrix is held as stored (2 bytes), never widened to fp32
+    _, per16, fused16 = mixtral_checkpoints(tmp_path / "bf16")
+    for folder in (per16, fused16):
+        ckpt = Checkpoint(folder)
+        load_nf4(folder, torch.device("cpu"), torch.float32, progress=False, checkpoint=ckpt, **LORA)
+        assert ckpt.meter.peak == I * H * 2 and ckpt.meter.live == 0
 
 
 def test_dense_llama_and_tied_embeddings(tmp_path):

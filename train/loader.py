@@ -15,6 +15,7 @@ sharded (`model.safetensors.index.json`) or one `model.safetensors`.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import weakref
 from pathlib import Path
@@ -35,6 +36,25 @@ INDEX_FILE, SINGLE_FILE = "model.safetensors.index.json", "model.safetensors"
 FLOAT_DTYPES = {"F16", "BF16", "F32"}
 # Tensors some checkpoints carry that the model recomputes (old Llama exports saved the rotary frequencies).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc `malloc_trim`; elsewhere nothing). Between two
+    weights the heap holds the last one's freed 16-bit copy and scratch between live NF4 tensors, which `free`
+    alone keeps resident; measured in BENCHMARKS.md."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
 
 
 class LiveBytes:
@@ -100,8 +120,10 @@ class Checkpoint:
                          + (f"; also looked for {', '.join(keys[1:])}" if len(keys) > 1 else ""))
 
     def read(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, index: tuple[slice, ...] | None = None,
-             metered: bool = False) -> torch.Tensor:
-        """Tensor `key` (or its `index` part) in `dtype`; `shape` is the full tensor's shape the model expects."""
+             to_quantize: bool = False) -> torch.Tensor:
+        """Tensor `key` (or its `index` part) in `dtype`; `shape` is the full tensor's shape the model expects.
+        `to_quantize`: a weight read to be quantized (`quantize_nf4` makes the same bits of it as of it in `dtype`):
+        kept as stored where `dtype` would only widen it (16-bit to float32), and counted in `meter`."""
         path = self.file_of[key]
         if path not in self._open:
             self._open[path] = self._open_file(path)
@@ -113,28 +135,33 @@ class Checkpoint:
                              "(pre-quantized checkpoints are not)")
         if got != tuple(shape):
             raise InputError(path, key, f"shape {list(got)}, but config.json's model expects {list(shape)}")
-        t = (sl[index] if index is not None else f.get_tensor(key)).to(dtype)
+        if to_quantize:
+            release_free_memory()  # the previous weight's 16-bit copy and quantization scratch leave the process
+        t = sl[index] if index is not None else f.get_tensor(key)
+        if not (to_quantize and dtype == torch.float32 and t.dtype in (torch.bfloat16, torch.float16)):
+            t = t.to(dtype)
         self.used.add(key)
-        if metered:
+        if to_quantize:
             self.meter.add(t)
         return t
 
-    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, metered: bool = False) -> torch.Tensor:
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, to_quantize: bool = False) -> torch.Tensor:
         """The model parameter `name` (a Mixtral MoE block is `block_sparse_moe` in the Hub's layout)."""
         key = self.find(name, name.replace(".mlp.", ".block_sparse_moe."))
-        return self.read(key, shape, dtype, metered=metered)
+        return self.read(key, shape, dtype, to_quantize=to_quantize)
 
     def expert(self, experts: str, e: int, w: str, mod: MixtralExperts, dtype: torch.dtype) -> torch.Tensor:
-        """Expert `e`'s matrix `w` (w1 gate, w2 down, w3 up) of the experts module named `experts`."""
+        """Expert `e`'s matrix `w` (w1 gate, w2 down, w3 up) of the experts module named `experts`, to be quantized
+        for compute in `dtype` (see `read`)."""
         n, h, i = mod.num_experts, mod.hidden_dim, mod.intermediate_dim
         fused = f"{experts}.{'down_proj' if w == 'w2' else 'gate_up_proj'}"
         if fused in self.file_of:  # transformers 5 layout: gate_up_proj rows are w1 then w3 (its conversion mapping)
             rows = {"w1": slice(0, i), "w3": slice(i, 2 * i), "w2": slice(0, h)}[w]
             full = (n, h, i) if w == "w2" else (n, 2 * i, h)
-            return self.read(fused, full, dtype, (slice(e, e + 1), rows), metered=True)[0]
+            return self.read(fused, full, dtype, (slice(e, e + 1), rows), to_quantize=True)[0]
         per = f"{experts}.{e}.{w}.weight"
         key = self.find(per, per.replace(".mlp.", ".block_sparse_moe."), fused)
-        return self.read(key, (i, h) if w != "w2" else (h, i), dtype, metered=True)
+        return self.read(key, (i, h) if w != "w2" else (h, i), dtype, to_quantize=True)
 
     def release(self) -> None:
         """Close the open shards (their mapped pages leave the process)."""
@@ -182,7 +209,7 @@ def materialize_layer(layer: nn.Module, prefix: str, source, device: torch.devic
                 continue
             new = LoraRouter(mod, lora_r, lora_alpha, lora_dropout, weight=weight)
         elif type(mod) is nn.Linear:
-            weight = source.tensor(f"{full}.weight", tuple(mod.weight.shape), dtype, metered=True)
+            weight = source.tensor(f"{full}.weight", tuple(mod.weight.shape), dtype, to_quantize=True)
             bias = None if mod.bias is None else source.tensor(f"{full}.bias", tuple(mod.bias.shape), torch.float32)
             new = to_linear4bit(weight, device, dtype, blocksize, bias)
             del weight

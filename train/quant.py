@@ -37,36 +37,43 @@ EXPERT_ADAPTER_NAMES = tuple(f"{w}_{f}" for w in EXPERT_MATRICES for f in "AB")
 MOE_ADAPTER_NAMES = (*EXPERT_ADAPTER_NAMES, "adapter_A", "adapter_B")
 
 
-CHUNK_ELEMENTS = 2**20  # elements per quantize call: bitsandbytes' CPU kernel needs ~64 bytes of scratch per element
+CHUNK_ELEMENTS = 2**18  # elements per quantize call: bitsandbytes' CPU kernel holds ~40 bytes of scratch per element
 
 
-def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, QuantState]:
-    """bitsandbytes' `quantize_4bit(w, blocksize, compress_statistics=True, quant_type="nf4")`, bit for bit, with
-    its kernel run on row chunks: the first-level blocks never straddle rows that are a multiple of `blocksize`
+def quantize_nf4(w: torch.Tensor, blocksize: int = 64, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, QuantState]:
+    """bitsandbytes' `quantize_4bit(w.to(dtype), blocksize, compress_statistics=True, quant_type="nf4")`, bit for bit,
+    with its kernel run on row chunks: the first-level blocks never straddle rows that are a multiple of `blocksize`
     long, and the second level (8-bit absmax around their mean) runs on the joined absmax as bitsandbytes does.
-    Its CPU kernel otherwise holds ~64 bytes per element of scratch (0.5 GiB for one 8192 x 1024 matrix)."""
+    Its CPU kernel otherwise holds ~40 bytes per element of scratch (0.3 GiB for one 8192 x 1024 matrix).
+    `dtype`: the dtype the weight dequantizes to (default `w`'s); a 16-bit `w` with `dtype` float32 quantizes to
+    the same bits as `w.float()` (the kernel widens each chunk), without a float32 copy of the whole matrix."""
     w = w.contiguous()
     rows = max(1, CHUNK_ELEMENTS // max(1, w.shape[-1])) if w.dim() == 2 and w.shape[-1] % blocksize == 0 else 0
     if not rows or rows >= w.shape[0]:
-        return quantize_4bit(w, blocksize=blocksize, compress_statistics=True, quant_type="nf4")
-    parts = [torch.ops.bitsandbytes.quantize_4bit.default(w[i:i + rows], blocksize, "nf4", torch.uint8)
-             for i in range(0, w.shape[0], rows)]
-    packed, absmax = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    del parts
+        packed, state = quantize_4bit(w, blocksize=blocksize, compress_statistics=True, quant_type="nf4")
+        state.dtype = dtype or w.dtype
+        return packed, state
+    packed = torch.empty(w.numel() // 2, 1, dtype=torch.uint8, device=w.device)
+    absmax = torch.empty(w.numel() // blocksize, dtype=torch.float32, device=w.device)
+    for i in range(0, w.shape[0], rows):  # each chunk's output written in place: no second copy of the whole
+        q, a = torch.ops.bitsandbytes.quantize_4bit.default(w[i:i + rows], blocksize, "nf4", torch.uint8)
+        start = i * w.shape[1]
+        packed[start // 2:start // 2 + q.shape[0]], absmax[start // blocksize:start // blocksize + a.shape[0]] = q, a
     offset = absmax.mean()
     qabsmax, state2 = quantize_blockwise(absmax - offset, blocksize=256)
-    return packed, QuantState(absmax=qabsmax, shape=w.shape, dtype=w.dtype, blocksize=blocksize,
+    return packed, QuantState(absmax=qabsmax, shape=w.shape, dtype=dtype or w.dtype, blocksize=blocksize,
                               code=get_4bit_type("nf4", device=w.device), quant_type="nf4", offset=offset, state2=state2)
 
 
 def to_linear4bit(weight: torch.Tensor, device: torch.device, compute_dtype: torch.dtype, blocksize: int = 64,
                   bias: torch.Tensor | None = None) -> bnb.nn.Linear4bit:
     """A frozen NF4 (double-quantized) `Linear4bit` holding `weight (out, in)`: the 16-bit tensor is moved to
-    `device` and quantized there (`quantize_nf4`, equal to bitsandbytes' `quantize_4bit`)."""
+    `device` and quantized there (`quantize_nf4`, equal to bitsandbytes' `quantize_4bit` of `weight` in
+    `compute_dtype`: pass a 16-bit weight as stored where `compute_dtype` only widens it)."""
     out_f, in_f = weight.shape
     lin = bnb.nn.Linear4bit(in_f, out_f, bias=bias is not None, compute_dtype=compute_dtype, compress_statistics=True,
                             quant_type="nf4", device="meta")
-    packed, state = quantize_nf4(weight.detach().to(device), blocksize)
+    packed, state = quantize_nf4(weight.detach().to(device), blocksize, compute_dtype)
     lin.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, quant_type="nf4",
                                    compress_statistics=True, blocksize=blocksize, bnb_quantized=True, module=lin)
     lin.quant_state = state
