@@ -89,6 +89,22 @@ def test_a_worker_killed_mid_clean_is_retried_by_ray_to_the_same_output(ray_clus
     assert _manifest(local) == _manifest(tmp_path / "ray")
 
 
+def test_a_task_whose_worker_always_dies_ends_in_a_one_line_error_naming_its_piece(ray_cluster, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from zhdata.engine.ray_engine import MAX_RETRIES
+
+    src = _corpus(tmp_path)
+    monkeypatch.setenv("ZHDATA_FAULT_KILL_ONCE", "3:always")  # the 4th piece's worker dies on every run of it
+    t = time.monotonic()
+    assert main(["clean", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", *CLEAN]) == 2
+    assert time.monotonic() - t < 120  # a bounded number of runs, not Ray Data's retry forever
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"zhdata clean: error: {src / 'part0075.jsonl'}"), err  # files sort by name: the 4th piece
+    assert f"failed {MAX_RETRIES + 1} times" in err and "WorkerCrashedError" in err
+    assert not (tmp_path / "ray" / "manifest.json").exists()
+
+
 def _bins(out):
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
 

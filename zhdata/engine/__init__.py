@@ -2,7 +2,7 @@
 them over many tasks and hands the results back in task order.
 
 `--engine local` (default) runs them on this machine's processes (`zhdata.shards.parallel_map`) and never imports
-Ray; `--engine ray` runs the same functions as Ray Data `map_batches` tasks on a Ray cluster
+Ray; `--engine ray` runs the same functions as Ray tasks on a Ray cluster
 (`zhdata.engine.ray_engine`, imported only then). Every command that takes `--engine` gets it, with
 `--ray-address`, from `add_engine_options`, and builds its engine with `engine_from_args`.
 
@@ -86,7 +86,7 @@ def get_engine(name: str, ray_address: str | None = None, workers: int | None = 
         try:
             from .ray_engine import RayEngine
         except ImportError as e:
-            raise InputError("(command line)", None, f"--engine ray needs Ray Data ({e.name or e} is not installed)",
+            raise InputError("(command line)", None, f"--engine ray needs Ray ({e.name or e} is not installed)",
                              'pip install "zh-adapt[ray]"') from None
         return RayEngine(ray_address, workers)
     raise InputError("(command line)", None, f"unknown engine {name!r}", f"choose one of {', '.join(ENGINES)}")
@@ -95,7 +95,7 @@ def get_engine(name: str, ray_address: str | None = None, workers: int | None = 
 def add_engine_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """`--engine` and `--ray-address`, the same on every command that can run on Ray."""
     p.add_argument("--engine", choices=ENGINES, default="local",
-                   help="local: processes on this machine (default; --workers of them); ray: Ray Data tasks on a Ray "
+                   help="local: processes on this machine (default; --workers of them); ray: Ray tasks on a Ray "
                    "cluster (pip install \"zh-adapt[ray]\"), same outputs")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="--engine ray: the cluster to join (auto: the one started on this machine with `ray start`; "

@@ -1,16 +1,23 @@
-"""`--engine ray`: the stage functions as Ray Data `map_batches` tasks, one task per stage task, results in order.
+"""`--engine ray`: the stage functions as Ray tasks, one task per stage task, results in order.
 
 The driver holds only the plan (a list of small task descriptions: pieces, shard paths) and the results in
-flight; each Ray task reads its own input and, where the stage writes (clean's shards), writes its own output,
-exactly as a local worker process does, so the outputs of both engines are the same files. A task whose worker
-dies (killed, out of memory, node lost) is retried by Ray Data (its default: until it succeeds; an exception raised by
-the stage itself is not retried, bad input becomes the stage's one-line error); a stage writes its output atomically,
-so a retried task leaves no trace of its first attempt. A killed driver is resumed by the stage itself (finished
-shards are skipped), as with the local engine.
+flight (at most two tasks per cluster CPU are submitted ahead of the one it waits for); each Ray task reads its own
+input and, where the stage writes (clean's shards), writes its own output, exactly as a local worker process does,
+so the outputs of both engines are the same files. Plain Ray tasks, not Ray Data: a map of opaque tasks needs no
+blocks, planner or shuffle, and Ray Data's executor (its actors, its planning loop, a worker importing pyarrow and
+pandas) was most of `--engine ray`'s fixed cost (BENCHMARKS.md section 9).
 
-Fault injection for tests: `ZHDATA_FAULT_KILL_ONCE=INDEX:MARKER` in the driver's environment kills (SIGKILL) the
-worker running task INDEX of the next map, once (MARKER, a file path, records that it happened), after the task's
-work and before its result is handed in: the worst moment, its outputs written and then written again by the retry.
+A task whose worker dies (killed, out of memory, node lost) is run again by Ray, at most MAX_RETRIES times; then the
+command stops with a one-line error naming the piece. An exception raised by the stage itself is not retried: bad
+input becomes the stage's one-line error, a bug its traceback. A stage writes its output atomically, so a retried
+task leaves no trace of its first attempt. A killed driver is resumed by the stage itself (finished shards are
+skipped), as with the local engine.
+
+Fault injection for tests: `ZHDATA_FAULT_KILL_ONCE=[STAGE:]INDEX:MARKER` in the driver's environment kills
+(SIGKILL) the worker running task INDEX of the next map (STAGE `map`, the default; `links`: partition INDEX of
+dedupe's global step, its candidate links) once (MARKER, a file path, records that it happened), after the task's work
+and before its result is handed in: the worst moment, its outputs written and then written again by the retry. MARKER
+`always` kills every attempt: a task that can never finish.
 """
 
 from __future__ import annotations
@@ -18,13 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import signal
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import ray
-import ray.data
 
 from ..errors import InputError
 
@@ -32,6 +38,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 FAULT_ENV = "ZHDATA_FAULT_KILL_ONCE"
+MAX_RETRIES = 3  # runs of a task after its worker died; Ray Data's default for its tasks is -1, forever
 # What the driver hands its tasks so that they reach the same object store: the variables s3fs (botocore) and fsspec
 # read for credentials, region and endpoint. Never names of files (AWS_PROFILE, credential files): another node
 # may not have them.
@@ -71,6 +78,49 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **local: A
                          "start one with `ray start --head`, or leave --ray-address out for a local Ray") from None
 
 
+def remote(fn: Callable, num_returns: int = 1) -> Any:
+    """`fn` as a Ray task of one CPU with `num_returns` results, run again at most MAX_RETRIES times if its worker
+    dies, never for an exception of its own."""
+    return ray.remote(fn).options(num_cpus=1, num_returns=num_returns, max_retries=MAX_RETRIES, retry_exceptions=False)
+
+
+def get(ref: Any, what: str) -> Any:
+    """`ray.get(ref)`; a task lost for good (its worker died on every run, its node gone) is a one-line error naming
+    `what` it was working on. An exception raised by the task's own code is raised again as it is."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError:
+        raise
+    except ray.exceptions.RayError as e:
+        why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise InputError(what, None, f"its Ray task failed {MAX_RETRIES + 1} times ({type(e).__name__}: {why})",
+                         "a worker that dies on every run of one task is usually out of memory on it: "
+                         "give workers more memory or use smaller pieces") from None
+
+
+def fault_from_env(stage: str = "map") -> tuple[int, str] | None:
+    """The fault to inject into `stage` (ZHDATA_FAULT_KILL_ONCE), read in the driver and handed to the tasks."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    head, _, rest = spec.partition(":")
+    named = "map"
+    if not head.isdigit():
+        named, (head, _, rest) = head, rest.partition(":")
+    return (int(head), rest) if named == stage else None
+
+
+def maybe_die(fault: tuple[int, str] | None, index: int) -> None:
+    """Kill this worker if it runs task `index` and the fault asks for it (see the module's docstring)."""
+    if fault is None or index != fault[0]:
+        return
+    if fault[1] != "always":
+        if Path(fault[1]).exists():
+            return
+        Path(fault[1]).write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class RayEngine:
     name = "ray"
 
@@ -82,16 +132,22 @@ class RayEngine:
         if not items:
             return iter(())
         init_ray(self.address, self.workers)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # results in task order, as the local engine gives them
-        ctx.enable_progress_bars = False  # the stage draws its own bar
-        ctx.print_on_execution_start = False
-        stage = _stage(pickle.dumps(fn), _fault())
-        rows = [{"index": i, "task": pickle.dumps(item)} for i, item in enumerate(items)]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(stage, batch_size=1, num_cpus=1)
-        return _results(ds)
+        return self._map(fn, items)
+
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> Iterator[R]:
+        ahead = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        task, fault = remote(_run), fault_from_env()
+        pending: deque = deque()
+        try:
+            for i, item in enumerate(items):
+                pending.append((item, task.remote(fn, item, i, fault)))
+                if len(pending) > ahead:
+                    yield _value(*pending.popleft())
+            while pending:
+                yield _value(*pending.popleft())
+        finally:
+            for _, ref in pending:  # the command stopped (an error, a user's ^C): no task left running for nothing
+                ray.cancel(ref, force=True)
 
     def describe(self) -> dict:
         out: dict[str, Any] = {"engine": "ray", "address": self.address or os.environ.get("RAY_ADDRESS") or "local"}
@@ -104,12 +160,20 @@ class RayEngine:
         return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-def _results(ds: "ray.data.Dataset") -> Iterator[Any]:
-    for row in ds.iter_rows():
-        value = pickle.loads(row["result"])
-        if isinstance(value, _Failed):
-            raise value.error
-        yield value
+def _value(item: Any, ref: Any) -> Any:
+    value = get(ref, label(item))
+    if isinstance(value, _Failed):
+        raise value.error
+    return value
+
+
+def label(item: Any) -> str:
+    """The piece a stage task works on, for an error: its file (and bytes) or shard path."""
+    first = item[0] if isinstance(item, tuple) and item else item
+    if hasattr(first, "path"):
+        where = f" bytes {first.start}-{first.end}" if getattr(first, "end", None) is not None else ""
+        return f"{first.path}{where}"
+    return str(first)
 
 
 class _Failed:
@@ -119,29 +183,12 @@ class _Failed:
         self.error = error
 
 
-def _fault() -> tuple[int, str] | None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    index, _, marker = spec.partition(":")
-    return int(index), marker
-
-
-def _stage(fn_bytes: bytes, fault: tuple[int, str] | None) -> Callable[[dict], dict]:
-    def run(batch: dict) -> dict:
-        # one Polars thread per task, as in the local engine's processes (read by Polars when first imported)
-        os.environ.setdefault("POLARS_MAX_THREADS", "1")
-        fn = pickle.loads(fn_bytes)
-        out = []
-        for index, task in zip(batch["index"], batch["task"]):
-            try:
-                value: Any = fn(pickle.loads(task))
-            except InputError as e:
-                value = _Failed(e)
-            if fault is not None and int(index) == fault[0] and not Path(fault[1]).exists():
-                Path(fault[1]).write_text(str(os.getpid()))  # dies with the task's work done, its result not handed in
-                os.kill(os.getpid(), signal.SIGKILL)
-            out.append(pickle.dumps(value))
-        return {"result": out}
-
-    return run
+def _run(fn: Callable[[Any], Any], item: Any, index: int, fault: tuple[int, str] | None) -> Any:
+    # one Polars thread per task, as in the local engine's processes (read by Polars when first imported)
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")
+    try:
+        value: Any = fn(item)
+    except InputError as e:
+        value = _Failed(e)
+    maybe_die(fault, index)  # dies with the task's work done, its result not handed in
+    return value
