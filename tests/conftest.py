@@ -16,7 +16,7 @@ def ray_cluster():
     """ONE real local Ray cluster for the whole session (2 CPUs, 127.0.0.1, no dashboard, small object store), started
     the way `--engine ray` starts one on demand; yields its address so a test can also join it from a subprocess
     (`--ray-address ADDRESS`). Tests using it skip where Ray is not installed."""
-    pytest.importorskip("ray.data")
+    pytest.importorskip("ray")
     import ray
 
     from zhdata.engine.ray_engine import init_ray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,3 +61,22 @@ def test_ray_dedupe_equals_local_byte_for_byte(ray_cluster, tmp_path, monkeypatc
     assert m["engine"]["engine"] == "ray"
     if not flags:  # planted: 4 exact copies (one differently spaced), 3 edited copies and the first link of the chain
         assert m["counts"]["dropped"] == {"exact_duplicate": 4, "near_duplicate": 4}
+
+
+def test_a_worker_killed_in_the_global_step_is_retried_to_the_same_output(ray_cluster, tmp_path, monkeypatch):
+    import zhdata.engine.ray_dedupe as rd
+
+    monkeypatch.setattr(rd, "ROWS_PER_PARTITION", 200)  # several candidate-link partitions: the second one dies
+    src = _corpus(tmp_path)
+    common = ["--no-progress", "--workers", "2"]
+    assert main(["dedupe", str(src), "-o", str(tmp_path / "local"), *common]) == 0
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("ZHDATA_FAULT_KILL_ONCE", f"links:1:{marker}")
+    assert main(["dedupe", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", *common]) == 0
+    pid = int(marker.read_text())  # the worker linking partition 1 died (SIGKILL) with its links made, not handed in
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    (lf, lm), (rf, rm) = _outputs(tmp_path / "local"), _outputs(tmp_path / "ray")
+    assert lf == rf and rm == lm
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["counts"]["dropped"] == {
+        "exact_duplicate": 4, "near_duplicate": 4}

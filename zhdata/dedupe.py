@@ -74,7 +74,8 @@ def list_shards(in_dir: str | Path) -> list[str | Path]:
     return shards
 
 
-def read_texts(path: str | Path, field: str) -> list[str]:
+def read_texts(path: str | Path, field: str, rows: np.ndarray | None = None) -> list[str]:
+    """The texts of a shard, or only those at `rows` (0-based): then the others never become Python strings."""
     import polars as pl
 
     try:
@@ -85,7 +86,7 @@ def read_texts(path: str | Path, field: str) -> list[str]:
         raise InputError(path, None, f"column {field!r} is {col.dtype}, not text")
     if col.null_count():
         raise InputError(path, int(col.is_null().arg_true()[0]) + 1, f"column {field!r} holds nulls")
-    return col.to_list()
+    return (col if rows is None else col.gather(rows)).to_list()
 
 
 def exact_hashes(keys: list[str]) -> np.ndarray:
@@ -132,9 +133,8 @@ class JaccardVerifier:
         self.file.seek(self.end)
         for s in np.unique(shard_of):
             rows = missing[shard_of == s]
-            texts = read_texts(self.shards[s], self.opts.text_field)
-            keys = dedupe_key(pl.Series([texts[r - self.offsets[s]] for r in rows], dtype=pl.String),
-                              self.opts.mainland_key).to_list()
+            texts = read_texts(self.shards[s], self.opts.text_field, rows - self.offsets[s])
+            keys = dedupe_key(pl.Series(texts, dtype=pl.String), self.opts.mainland_key).to_list()
             cp, offs = codepoints(keys)
             h, _, doc = ngram_hashes(cp, offs, self.opts.ngram, self.opts.seed, whole_short=True)
             for i, d in enumerate(rows.tolist()):
