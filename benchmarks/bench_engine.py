@@ -96,18 +96,23 @@ def run(cmd: list[str], extra_roots: list[int], baseline: set[int]) -> dict:
     wall = time.perf_counter() - t
     if p.returncode:
         raise SystemExit(err[-3000:])
-    peaks = {pid: v for pid, v in s.peak.items() if pid not in baseline or pid == p.pid}
+    # a cluster's idle processes are not the run's, but its idle workers are: they run the run's tasks
+    peaks = {pid: v for pid, v in s.peak.items() if pid not in baseline or pid == p.pid or _is_worker(v[1])}
     me = os.getpid()  # this script's own thread sampling is not the run's
     used = {pid: last - (0 if pid in s.new or pid == p.pid else first)
             for pid, (first, last, _) in s.cpu.items() if pid != me}
     top = sorted(((round(c, 1), s.cpu[pid][2][:60]) for pid, c in used.items()), reverse=True)[:4]
     cpu = sum(used.values())
-    workers = [rss for pid, (rss, name) in peaks.items() if pid != p.pid and ("ray::" in name or "default_worker" in name
-                                                                             or "multiprocessing" in name)]
+    workers = [rss for pid, (rss, name) in peaks.items() if pid != p.pid and (_is_worker(name) or "multiprocessing" in name)]
     mb = lambda b: round(b / 2**20)  # noqa: E731
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_top": top, "driver_peak_mb": mb(peaks[p.pid][0]),
             "largest_worker_peak_mb": mb(max(workers, default=0)), "largest_process_peak_mb": mb(max(v[0] for v in peaks.values())),
             "all_processes_peak_sum_mb": mb(s.peak_sum)}
+
+
+def _is_worker(cmdline: str) -> bool:
+    """A Ray worker process (idle or running a task), not one of Ray's own (raylet, GCS, agents, dashboard)."""
+    return "default_worker" in cmdline or (cmdline.startswith("ray::") and "Agent" not in cmdline)
 
 
 def digest(folder: Path, pattern: str) -> str:
@@ -155,6 +160,7 @@ def main() -> None:
             row[name] = run(cmd(out, extra), roots, baseline)
             row[name]["output_sha256"] = digest(out, pattern)
             row[name]["counts_in_out"] = [counts(out)["records_in"], counts(out)["records_out"]]
+            row[name]["load_average_1_5_min"] = [round(x, 1) for x in os.getloadavg()[:2]]
             print(json.dumps({what: {name: row[name]}}), flush=True)
         local = row["local"]["wall_s"]
         for name in row:

@@ -6,7 +6,10 @@ For each size: the scaling input of `bench_zhdata.py scaling` (documents of 3-12
 then `zhdata dedupe` once (local) to leave pass 1's signature caches in OUT/.parts. Then the global step alone, each
 in a fresh process: `local` runs `zhdata.dedupe.local_clusters`; `ray` starts a local Ray with --workers CPUs and
 runs `zhdata.engine.ray_dedupe.ray_clusters`, reading the peak resident memory (VmHWM) of every Ray worker process
-while it runs. Both results must be the same clusters (checked). Baseline: the process's RSS after its imports.
+while it runs, and, sampled every 0.2 s, its private pages (anonymous memory and mapped libraries) apart from the
+object store's shared pages it has touched (the store is one pool per node, shared by its workers, not a worker's
+own). CPU seconds: the step process, and every process of its Ray. Both results must be the same clusters
+(checked). Baseline: the process's RSS after its imports.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ def _rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def _hwm_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return None
+def _status_mb(pid: int) -> dict[str, float]:
+    """VmHWM (peak resident) and the resident pages now: private (RssAnon), mapped files (RssFile: libraries) and
+    shared memory (RssShmem: for a Ray worker, the pages of the node's object store it has touched)."""
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in f)
+                if k in ("VmHWM", "RssAnon", "RssFile", "RssShmem")}
 
 
 def _inputs(out: Path):
@@ -63,6 +66,8 @@ def step(a: argparse.Namespace) -> None:
     opts, shards, caches = _inputs(out)
     base = _rss_mb()
     t = time.perf_counter()
+    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = own0.ru_utime + own0.ru_stime
     res: dict = {"engine": a.step, "baseline_rss_mb": round(base)}
     if a.step == "local":
         with tempfile.TemporaryDirectory() as tmp:
@@ -74,18 +79,24 @@ def step(a: argparse.Namespace) -> None:
         from zhdata.engine.ray_engine import init_ray
 
         init_ray(None, a.workers)
-        peaks: dict[int, float] = {}
+        peaks: dict[int, dict[str, float]] = {}  # per worker: VmHWM and the peaks of its private and shared pages
+        cpu: dict[int, float] = {}  # per process of this run's Ray (workers, raylet, GCS, agents): user + system
         stop = threading.Event()
 
         def watch() -> None:
             import psutil
 
+            me = psutil.Process()
             while not stop.is_set():
-                for p in psutil.process_iter(["pid", "cmdline"]):
-                    cmd = " ".join(p.info["cmdline"] or [])
+                for p in me.children(recursive=True):  # this run's Ray (started by this process), not another's
+                    try:
+                        cmd, t, mem = " ".join(p.cmdline()), p.cpu_times(), _status_mb(p.pid)
+                    except (psutil.Error, OSError):
+                        continue
+                    cpu[p.pid] = t.user + t.system
                     if "default_worker.py" in cmd or cmd.startswith("ray::"):
-                        if (h := _hwm_mb(p.info["pid"])) is not None:
-                            peaks[p.info["pid"]] = max(peaks.get(p.info["pid"], 0), h)
+                        mem["private"] = mem["RssAnon"] + mem["RssFile"]
+                        peaks[p.pid] = {k: max(v, peaks.get(p.pid, {}).get(k, 0)) for k, v in mem.items()}
                 stop.wait(0.2)
 
         th = threading.Thread(target=watch, daemon=True)
@@ -94,11 +105,18 @@ def step(a: argparse.Namespace) -> None:
         clusters = ray_dedupe.ray_clusters(caches, shards, offsets, opts)
         stop.set()
         th.join()
-        res["worker_peak_rss_mb"] = sorted(round(v) for v in peaks.values())
+        top = sorted(peaks.values(), key=lambda m: -m["VmHWM"])
+        res["worker_peak_rss_mb"] = [round(m["VmHWM"]) for m in top]
+        res["worker_peak_private_mb"] = sorted((round(m["private"]) for m in top), reverse=True)
+        res["worker_peak_object_store_pages_mb"] = sorted((round(m["RssShmem"]) for m in top), reverse=True)
+        res["worker_cpu_s"] = round(sum(cpu[p] for p in peaks if p in cpu), 1)
+        res["ray_processes_cpu_s"] = round(sum(cpu.values()), 1)
         res["partitions"] = max(int(ray.cluster_resources().get("CPU", 1)),
                                 -(-int(offsets[-1]) * (opts.bands + 1) // ray_dedupe.ROWS_PER_PARTITION))
         ray.shutdown()
     res["wall_s"] = round(time.perf_counter() - t, 1)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    res["driver_cpu_s"] = round(own.ru_utime + own.ru_stime - cpu0, 1)
     res["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     res["documents"] = int(offsets[-1])
     res["members"] = int(len(clusters.members))
@@ -131,7 +149,7 @@ def run(a: argparse.Namespace) -> None:
         got = [np.load(d.parent / f"clusters-{e}.npz") for e in ("local", "ray")]
         row["same_clusters"] = all(np.array_equal(got[0][k], got[1][k]) for k in ("members", "roots", "exact"))
         results[f"{size}MB"] = row
-        print(json.dumps({f"{size}MB": row}), flush=True)
+        print(json.dumps({f"{size}MB": row, "load_average": os.getloadavg()}), flush=True)
 
 
 def main() -> None:
