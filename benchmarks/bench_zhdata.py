@@ -83,23 +83,31 @@ def plain_python_clean(text: str, cc) -> str | None:
 
 
 def bench_clean(a: argparse.Namespace) -> dict:
+    """MB per CPU second of this process (one thread): wall time on a shared machine says more about the neighbours."""
     import opencc
+    from clean_breakdown import breakdown
+    load = [os.getloadavg()[0]]
     texts = load_texts(a.corpus, a.limit_mb)
     size = mb(texts)
     opts = CleanOptions()
     df = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts, "source": "b"})
-    t = time.perf_counter()
+    t = time.process_time()
     for lo in range(0, len(df), 20000):  # batches as a worker sees them
         clean_frame(df.slice(lo, 20000), opts)
-    ours = time.perf_counter() - t
+    ours = time.process_time() - t
     cc = opencc.OpenCC("t2s.json")
-    t = time.perf_counter()
+    t = time.process_time()
     kept_plain = sum(plain_python_clean(x, cc) is not None for x in texts)
-    plain = time.perf_counter() - t
+    plain = time.process_time() - t
     _, reason, _, _ = clean_frame(df, opts)
-    return {"docs": len(texts), "mb": round(size, 1), "zhdata_mb_s": round(size / ours, 1),
-            "plain_python_mb_s": round(size / plain, 1), "speedup": round(plain / ours, 2),
-            "kept_zhdata": int(reason.is_null().sum()), "kept_plain": kept_plain}
+    out = {"docs": len(texts), "mb": round(size, 1), "zhdata_mb_per_cpu_s": round(size / ours, 1),
+           "plain_python_mb_per_cpu_s": round(size / plain, 1), "speedup": round(plain / ours, 2),
+           "kept_zhdata": int(reason.is_null().sum()), "kept_plain": kept_plain}
+    if a.breakdown:
+        out["breakdown"] = breakdown(texts)
+    load.append(os.getloadavg()[0])
+    out["load_average_start_end"] = load
+    return out
 
 
 # --- 2. MinHash signatures vs rensa and datasketch ------------------------------------------------
@@ -442,6 +450,7 @@ def main() -> None:
     p.add_argument("what", choices=["clean", "minhash", "quality", "scaling", "mainland"])
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "zh"))
     p.add_argument("--limit-mb", type=float, default=None, help="use only the first N MB of the corpus")
+    p.add_argument("--breakdown", action="store_true", help="clean: also each step's CPU time (default and old steps)")
     p.add_argument("--ds-fraction", type=int, default=10, help="time datasketch on 1/N of the documents")
     p.add_argument("--rensa-bands", type=int, default=16, help="quality: rensa's LSH bands (a divisor of 128)")
     p.add_argument("--repeat", type=int, default=3, help="minhash: best of N runs (CPU seconds)")

@@ -36,33 +36,36 @@ def _char_classes() -> np.ndarray:
 _CLASSES = _char_classes()
 
 
+# per class byte (Han bit, space bit): 1 for a Han character and 1 << 32 for a white-space one, so that one sum per text
+# counts both
+_COUNT_WEIGHTS = np.array([0, 1, 1 << 32, (1 << 32) + 1], dtype=np.uint64)
+
+
 def codepoint_measures(texts: list[str]) -> dict[str, np.ndarray]:
     """Characters, Han characters, non-space characters and non-empty lines per text, in one numpy pass."""
     out = {k: np.zeros(len(texts), dtype=np.int64) for k in ("chars", "han", "nonspace", "lines")}
     for a, b in text_chunks(texts):
         cp, off = codepoints(texts[a:b])
+        lens = np.diff(off)
+        full = lens > 0
         cls = _CLASSES[cp]
-        nonspace = (cls & _SPACE_BIT) == 0
-
-        def per_text(mask: np.ndarray) -> np.ndarray:
-            c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-            return c[off[1:]] - c[off[:-1]]
-
-        # a line is non-empty when it holds a non-space character: count the first such character per line
-        line = np.cumsum(cp == 10)
-        idx = np.nonzero(nonspace)[0]
-        first = np.ones(len(idx), dtype=bool)
-        first[1:] = line[idx][1:] != line[idx][:-1]
-        first_mask = np.zeros(len(cp), dtype=bool)
-        first_mask[idx[first]] = True
-        # ...and each text's first non-space character starts a line even with no newline before it (for a text
-        # without one, the search lands on a later text's first, which is marked anyway)
-        pos = np.searchsorted(idx, off[:-1])
-        first_mask[idx[pos[pos < len(idx)]]] = True
-        out["chars"][a:b] = np.diff(off)
-        out["han"][a:b] = per_text((cls & _HAN_BIT) != 0)
-        out["nonspace"][a:b] = per_text(nonspace)
-        out["lines"][a:b] = per_text(first_mask)
+        both = np.zeros(b - a, dtype=np.uint64)
+        if full.any():  # reduceat sums each text's span; an empty text would read its neighbour's first character
+            both[full] = np.add.reduceat(_COUNT_WEIGHTS[cls], off[:-1][full])
+        han = (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        space = (both >> np.uint64(32)).astype(np.int64)
+        # lines: the pieces between line feeds and text ends; a piece is a non-empty line when it holds a non-space
+        # character, i.e. the running count of non-space characters grows across it
+        nonspace_before = np.zeros(len(cp) + 1, dtype=np.int64)
+        np.cumsum((cls & _SPACE_BIT) == 0, out=nonspace_before[1:])
+        after_lf = np.nonzero(cp == 10)[0] + 1
+        starts, ends = np.sort(np.concatenate([after_lf, off[:-1]])), np.sort(np.concatenate([after_lf, off[1:]]))
+        nonempty = nonspace_before[ends] > nonspace_before[starts]
+        text_of = np.searchsorted(off, starts, side="right") - 1
+        out["chars"][a:b] = lens
+        out["han"][a:b] = han
+        out["nonspace"][a:b] = lens - space
+        out["lines"][a:b] = np.bincount(text_of[nonempty], minlength=b - a)
     return out
 
 

@@ -37,14 +37,28 @@ def codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return cp, offsets
 
 
+def _powers(mult: np.uint64, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mult^(j+1), mult^-(j+1)) for j < total, mod 2^64; up to 2^20 of them kept per multiplier (16 MB), not recomputed
+    for every chunk."""
+    have = _POWERS.get(int(mult))
+    if have is None or len(have[0]) < total:
+        size = min(max(total, 1 << 16, 2 * len(have[0]) if have else 0), 1 << 20) if total <= 1 << 20 else total
+        inv = _U64(pow(int(mult), -1, 1 << 64))
+        have = (np.cumprod(np.full(size, mult, dtype=np.uint64)), np.cumprod(np.full(size, inv, dtype=np.uint64)))
+        if size <= 1 << 20:
+            _POWERS[int(mult)] = have
+    return have[0][:total], have[1][:total]
+
+
+_POWERS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _window_polynomial(cp: np.ndarray, n: int, mult: np.uint64) -> np.ndarray:
     """sum_k cp[i+k] * mult^(n-1-k) mod 2^64 for every window i, in a constant number of passes:
     with Q[j] = sum_{t<j} cp[t] * mult^-(t+1) (mult is odd, so invertible mod 2^64), the window is
     (Q[i+n] - Q[i]) * mult^(i+n). uint64 products and sums wrap mod 2^64, which is what we want."""
     total = len(cp)
-    inv = _U64(pow(int(mult), -1, 1 << 64))
-    pw = np.cumprod(np.full(total, mult, dtype=np.uint64))  # pw[j] = mult^(j+1)
-    ipw = np.cumprod(np.full(total, inv, dtype=np.uint64))  # ipw[t] = mult^-(t+1)
+    pw, ipw = _powers(mult, total)  # pw[j] = mult^(j+1), ipw[t] = mult^-(t+1)
     q = np.zeros(total + 1, dtype=np.uint64)
     np.cumsum(cp.astype(np.uint64) * ipw, out=q[1:])
     return (q[n:] - q[: total - n + 1]) * pw[n - 1 :]  # window i ends at t = i+n-1: times mult^(i+n)
@@ -130,7 +144,7 @@ def _dup_fraction(texts: Sequence[str], n: int) -> np.ndarray:
     h, starts, doc = ngram_hashes(cp, offsets, n)
     if len(h) == 0:
         return out
-    key = h ^ mix64(doc.astype(np.uint64))
+    key = h ^ mix64(np.arange(len(texts), dtype=np.uint64))[doc]
     # Cheap prefilter: only n-grams whose bucket (of ~4x as many buckets as n-grams) is shared can repeat.
     bits = max(int(len(key) * 4).bit_length(), 8)
     bucket = (key >> np.uint64(64 - bits)).astype(np.int64)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:  # polars is imported where it is used, so that `--help` does not load it (tests/test_cli.py)
     import polars as pl
@@ -38,14 +38,17 @@ _PHONE = "|".join([
     _CC.format(code="886") + r"(?:9\d{2}[- ]?\d{3}[- ]?\d{3}|[2-8][- ]?\d{3,4}[- ]?\d{4})",  # Taiwan, +886
     r"09\d{2}[- ]?\d{3}[- ]?\d{3}", r"\(0[2-8]\)\s?\d{3,4}[- ]?\d{4}",  # Taiwan mobile, landline
 ])
-_PATTERN = re.compile(
-    r"(?P<email>[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
-    r"|(?P<ctx>(?:电话|電話|手机|手機|热线|熱線|传真|傳真|座机|致电|Tel|TEL|tel|Phone|phone)\s?[:：.]?\s*)(?P<ctxnum>\d{3,4}[- ]?\d{4})" + _E +
-    r"|" + _B + r"(?P<long>\d{17}[\dXx]|\d{4}(?:[ -]\d{4}){3}(?:[ -]?\d{1,3})?|\d{15,19})" + _E +
-    r"|" + _B + r"(?P<phone>" + _PHONE + r")(?!\d)"
-    r"|(?<![\d.])(?P<ipv4>(?:\d{1,3}\.){3}\d{1,3})(?!\d|\.\d)"
-    r"|(?<![0-9A-Za-z:])(?P<ipv6>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![0-9A-Za-z:])"
+# Each kind of match: its pattern and, where the pattern opens with a look-behind (which keeps Python's `re` from
+# skipping ahead by the first character), a one-character pattern that finds every position where it can begin.
+_BRANCHES: tuple[tuple[str, str, str | None], ...] = (
+    ("email", r"(?P<email>[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", None),
+    ("phone_word", r"(?P<ctx>(?:电话|電話|手机|手機|热线|熱線|传真|傳真|座机|致电|Tel|TEL|tel|Phone|phone)\s?[:：.]?\s*)(?P<ctxnum>\d{3,4}[- ]?\d{4})" + _E, None),
+    ("long", _B + r"(?P<long>\d{17}[\dXx]|\d{4}(?:[ -]\d{4}){3}(?:[ -]?\d{1,3})?|\d{15,19})" + _E, r"\d(?<![0-9A-Za-z].)"),
+    ("phone", _B + r"(?P<phone>" + _PHONE + r")(?!\d)", r"[+(\d](?<![0-9A-Za-z].)"),
+    ("ipv4", r"(?<![\d.])(?P<ipv4>(?:\d{1,3}\.){3}\d{1,3})(?!\d|\.\d)", r"\d(?<![\d.].)"),
+    ("ipv6", r"(?<![0-9A-Za-z:])(?P<ipv6>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![0-9A-Za-z:])", r"[0-9A-Fa-f:](?<![0-9A-Za-z:].)"),
 )
+_COMPILED = tuple((kind, re.compile(pattern), re.compile(starts) if starts else None) for kind, pattern, starts in _BRANCHES)
 _VERSION_BEFORE = re.compile(r"(?i)(?:\bv|ver|version|版本号?|版|release|build)[\s:：.]*$")
 _ADDRESS_BEFORE = re.compile(r"(?i)(?:ip|地址|服务器|伺服器|server|host|主机|主機)")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -93,38 +96,69 @@ def _ipv6(s: str) -> bool:
     return True
 
 
-def _classify(m: re.Match) -> str | None:
-    """The PII type of a match, or None where the checks say it is an ordinary number."""
-    if m.group("email"):
+def _classify(branch: str, m: re.Match) -> str | None:
+    """The PII type of a match of `branch`, or None where the checks say it is an ordinary number."""
+    if branch == "email":
         return "email"
-    if m.group("ctxnum"):
+    if branch in ("phone_word", "phone"):
         return "phone"
-    if (s := m.group("long")) is not None:
-        digits = re.sub(r"[ -]", "", s)
+    if branch == "long":
+        digits = re.sub(r"[ -]", "", m.group("long"))
         if _id_shaped(digits):  # a wrong check character makes it an ordinary number, never a card
             return "id_number" if valid_id_number(digits) else None
         if digits.isdigit() and 16 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn(digits):
             return "bank_card"
         return None
-    if m.group("phone"):
-        return "phone"
-    if m.group("ipv4"):
+    if branch == "ipv4":
         return "ip" if _ipv4(m) else None
     return "ip" if _ipv6(m.group("ipv6")) else None
+
+
+def _next(pattern: re.Pattern, starts: re.Pattern | None, text: str, pos: int) -> re.Match | None:
+    """The first match of `pattern` at or after `pos`, tried only where `starts` says it can begin."""
+    if starts is None:
+        return pattern.search(text, pos)
+    for s in starts.finditer(text, pos):
+        if m := pattern.match(text, s.start()):
+            return m
+    return None
+
+
+def _matches(text: str) -> Iterator[tuple[str, re.Match]]:
+    """(branch, match) left to right, as one pattern `a|b|...` of `_BRANCHES` would find them (at each position the
+    first branch that matches; a match consumed whole), but each branch searched on its own from the characters it can
+    begin with: ~10x faster than the joined pattern, whose look-behinds make `re` try every position."""
+    ahead: list[re.Match | None] = [None] * len(_COMPILED)  # per branch, its first match at or after `looked`
+    looked = [-1] * len(_COMPILED)
+    pos = 0
+    while True:
+        best: tuple[str, re.Match] | None = None
+        for i, (branch, pattern, starts) in enumerate(_COMPILED):
+            m = ahead[i]
+            if looked[i] < 0 or (m is not None and m.start() < pos):
+                m = ahead[i] = _next(pattern, starts, text, pos)
+                looked[i] = pos
+            if m is not None and (best is None or m.start() < best[1].start()):
+                best = (branch, m)
+        if best is None:
+            return
+        yield best
+        pos = best[1].end()
 
 
 def find_and_redact(text: str) -> tuple[str, dict[str, int]]:
     """The text with every PII match replaced by its placeholder, and the count per type."""
     counts = dict.fromkeys(PII_TYPES, 0)
-
-    def repl(m: re.Match) -> str:
-        kind = _classify(m)
+    parts: list[str] = []
+    last = 0
+    for branch, m in _matches(text):
+        kind = _classify(branch, m)
         if kind is None:
-            return m.group(0)
+            continue
         counts[kind] += 1
-        return (m.group("ctx") or "") + PLACEHOLDER[kind]
-
-    return _PATTERN.sub(repl, text), counts
+        parts += [text[last:m.start()], (m.group("ctx") if branch == "phone_word" else ""), PLACEHOLDER[kind]]
+        last = m.end()
+    return ("".join(parts) + text[last:] if parts else text), counts
 
 
 @dataclass(frozen=True)
@@ -139,17 +173,18 @@ class Pii:
 
     def scan(self, texts: pl.Series) -> tuple[pl.Series, pl.DataFrame]:
         """(redacted texts, per document a `pii_TYPE` count column per type); only candidate documents reach Python."""
+        import numpy as np
         import polars as pl
 
-        idx = texts.str.contains(_CANDIDATE).fill_null(False).arg_true().to_list()
-        counts = {t: [0] * len(texts) for t in PII_TYPES}
-        vals = texts.to_list()
-        for i in idx:
-            vals[i], c = find_and_redact(vals[i])
-            for t in PII_TYPES:
-                counts[t][i] = c[t]
-        frame = pl.DataFrame({f"pii_{t}": pl.Series(counts[t], dtype=pl.Int32) for t in PII_TYPES})
-        return pl.Series(texts.name, vals, dtype=pl.String), frame
+        idx = texts.str.contains(_CANDIDATE).fill_null(False).arg_true()
+        counts = {t: np.zeros(len(texts), dtype=np.int32) for t in PII_TYPES}
+        found = [find_and_redact(v) for v in texts.gather(idx).to_list()]
+        at = idx.to_numpy()
+        for t in PII_TYPES:
+            counts[t][at] = [c[t] for _, c in found]
+        frame = pl.DataFrame({f"pii_{t}": counts[t] for t in PII_TYPES})
+        out = texts.clone().scatter(idx, pl.Series([v for v, _ in found], dtype=pl.String)) if len(found) else texts
+        return out.rename(texts.name), frame
 
     def where(self) -> str:
         """The `zhdata filter --where` terms that keep what this mode keeps."""
