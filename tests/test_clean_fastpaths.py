@@ -72,16 +72,19 @@ def test_opencc_on_joined_texts_equals_one_call_per_text(mode):
 def test_prefiltered_steps_equal_the_regex_over_every_text():
     texts = pl.Series(_mixed())
     rng = random.Random(1)
-    alphabet = ["\x1b", "[", "1", ";", "m", "\x08", "\\", "f", "B", "s", "(", "e", "中", "Ａ", "ｚ", "９", "＋", "，", " "]
+    alphabet = ["\x1b", "[", "1", ";", "m", "\x08", "\\", "f", "B", "s", "(", "e", "中", "Ａ", "ｚ", "，", " ", "  ", "\n",
+                "\t", "\u3000", "\u00a0", "\u2009", "\r", "<b>", "</b>", "<!--", "-->", "&amp;", "&#20013;", "&", "<"]
     texts = pl.concat([texts, pl.Series(["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
                                          for _ in range(5000)])])
     only = {s: False for s in normalize.STEPS[1:]}
-    ansi, changed = Normalizer(convert="none", **{**only, "ansi": True}).apply(texts)
-    want = texts.str.replace_all(normalize._ANSI, "")
-    assert ansi.to_list() == want.to_list() and changed["ansi"] == int((want != texts).sum()) > 100
-    fw, changed = Normalizer(convert="none", **{**only, "fullwidth": True}).apply(texts)
-    want = texts.str.replace_many(normalize._FW, normalize._HW)
-    assert fw.to_list() == want.to_list() and changed["fullwidth"] == int((want != texts).sum()) > 100
+    plain = {"ansi": lambda s: s.str.replace_all(normalize._ANSI, ""),
+             "html": normalize._strip_html,
+             "whitespace": lambda s: s.str.replace_all(normalize._HSPACE, " ").str.replace_all(" *\n *", "\n")
+             .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()}
+    for step, fn in plain.items():
+        got, changed = Normalizer(convert="none", **{**only, step: True}).apply(texts)
+        want = fn(texts)
+        assert got.to_list() == want.to_list() and changed[step] == int((want != texts).sum()) > 100, step
 
 
 def test_window_powers_kept_between_chunks_give_the_same_hashes():
@@ -100,3 +103,21 @@ def test_window_powers_kept_between_chunks_give_the_same_hashes():
         for c in long[i:i + 5].tolist():
             acc = (acc * m + c) % (1 << 64)
         assert int(whole[i]) == acc
+
+
+def test_repeated_ngram_fraction_equals_counting_ngrams():
+    from collections import Counter
+
+    from zhdata.ngrams import duplicated_ngram_fraction
+    rng = random.Random(3)
+    texts = _mixed() + ["".join(rng.choice("甲乙丙丁 \n") for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    for n in (3, 13):
+        want = []
+        for t in texts:
+            grams = Counter(t[i:i + n] for i in range(len(t) - n + 1))
+            covered = [False] * len(t)
+            for i in range(len(t) - n + 1):
+                if grams[t[i:i + n]] > 1:
+                    covered[i:i + n] = [True] * n
+            want.append(sum(covered) / len(t) if t else 0.0)
+        assert duplicated_ngram_fraction(texts, n).tolist() == want

@@ -145,23 +145,24 @@ def _dup_fraction(texts: Sequence[str], n: int) -> np.ndarray:
     if len(h) == 0:
         return out
     key = h ^ mix64(np.arange(len(texts), dtype=np.uint64))[doc]
-    # Cheap prefilter: only n-grams whose bucket (of ~4x as many buckets as n-grams) is shared can repeat.
-    bits = max(int(len(key) * 4).bit_length(), 8)
-    bucket = (key >> np.uint64(64 - bits)).astype(np.int64)
-    cand = np.nonzero(np.bincount(bucket, minlength=1 << bits)[bucket] > 1)[0]
-    # One plain sort of (key | start position) packed in 64 bits finds the real repeats among the candidates.
+    # One plain sort of (key | start position) packed in 64 bits finds the repeats (numpy's vectorised sort of a
+    # cache-sized chunk: 2x faster than first picking the n-grams whose bucket of the key is shared)
     pbits = max(int(len(cp)).bit_length(), 1)
     low = _U64((1 << pbits) - 1)
-    packed = np.sort((key[cand] & ~low) | starts[cand].astype(np.uint64))
+    packed = np.sort((key & ~low) | starts.astype(np.uint64))
     hi = packed & ~low
     same = hi[1:] == hi[:-1]
     dup = np.zeros(len(packed), dtype=bool)
     dup[1:] |= same
     dup[:-1] |= same
-    dup_starts = (packed[dup] & low).astype(np.int64)
-    size = len(cp) + n
-    delta = np.bincount(dup_starts, minlength=size) - np.bincount(dup_starts + n, minlength=size)
-    covered = np.cumsum(delta[: len(cp)]) > 0
-    csum = np.concatenate([[0], np.cumsum(covered)])
-    np.divide(csum[offsets[1:]] - csum[offsets[:-1]], lens, out=out, where=lens > 0)
+    dup_starts = np.sort((packed[dup] & low).astype(np.int64))
+    if len(dup_starts) == 0:
+        return out
+    # characters covered: each repeated n-gram adds the part of it before the next one starts (n-grams stay inside
+    # their text, so the next one in another text is at least n further)
+    gap = np.empty(len(dup_starts), dtype=np.int64)
+    gap[:-1] = np.minimum(np.diff(dup_starts), n)
+    gap[-1] = n
+    covered = np.bincount(np.searchsorted(offsets, dup_starts, side="right") - 1, weights=gap, minlength=len(texts))
+    np.divide(covered, lens, out=out, where=lens > 0)
     return out

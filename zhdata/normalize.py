@@ -35,6 +35,8 @@ _HTML_COMMENT = r"(?s)<!--.*?-->"
 _HTML_TAG = r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s+[^<>]*)?/?>"
 _ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
 _HSPACE = r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+"
+_WHITESPACE_LITERALS = ["\t", "\u00a0", "\u1680", *map(chr, range(0x2000, 0x200B)), "\u202f", "\u205f", "\u3000",
+                        "  ", " \n", "\n ", "\n\n\n"]  # white space other than one space between words
 
 
 @lru_cache(maxsize=None)
@@ -111,12 +113,15 @@ class Normalizer:
         if self.control:
             cur = step("control", cur.str.replace_all("\r\n?", "\n").str.replace_all(_CONTROL, ""))
         if self.html:
-            cur = step("html", _strip_html(cur))
+            cur = step("html", _where(cur, cur.str.contains_any(["<", "&"]), _strip_html))
         if self.fullwidth:
             cur = step("fullwidth", cur.str.replace_many(_FW, _HW))
         if self.whitespace:
-            cur = step("whitespace", cur.str.replace_all(_HSPACE, " ").str.replace_all(" *\n *", "\n")
-                       .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars())
+            # a text without these, nor white space at either end, is left as it is by every rule of the step
+            may = (cur.str.contains_any(_WHITESPACE_LITERALS) | cur.str.head(1).str.contains(r"\s")
+                   | cur.str.tail(1).str.contains(r"\s"))
+            cur = step("whitespace", _where(cur, may, lambda t: t.str.replace_all(_HSPACE, " ").str.replace_all(" *\n *", "\n")
+                                            .str.replace_all(r"\n{3,}", "\n\n").str.strip_chars()))
         return cur, changed
 
 
