@@ -239,25 +239,30 @@ def test_training_data_on_an_object_store_is_refused_with_how_to_copy_it_down():
         open_packed("s3://bucket/packed/pt")
 
 
-def test_clean_and_pack_on_ray_read_and_write_s3_like_the_local_engine(s3, ray_cluster, tok_dir, tmp_path):
+def test_clean_dedupe_and_pack_on_ray_read_and_write_s3_like_the_local_engine(s3, ray_cluster, tok_dir, tmp_path):
     """A driver joins the cluster (started before the S3 endpoint existed, so its workers have none of it in their
     environment) and hands its tasks the credentials and endpoint: the workers read and write S3 themselves."""
     src = upload(s3, corpus(tmp_path / "corpus"), "bucket/ray-in")
     assert main(["clean", src, "-o", "s3://bucket/ray-local", *CLEAN]) == 0
+    assert main(["dedupe", "s3://bucket/ray-local", "-o", "s3://bucket/ray-local-dedup", "--workers", "2", "--no-progress"]) == 0
     pack = ["--tokenizer", str(tok_dir), "--mode", "pt", "--block-size", "64", "--val-fraction", "0.3", "-q"]
     assert main(["pack", "s3://bucket/ray-local", "-o", "s3://bucket/ray-local-pt", *pack]) == 0
     driver = [sys.executable, "-m", "zhdata.cli"]
     ray = ["--engine", "ray", "--ray-address", ray_cluster]
     for argv in (["clean", src, "-o", "s3://bucket/ray-clean", *CLEAN, *ray],
+                 ["dedupe", "s3://bucket/ray-clean", "-o", "s3://bucket/ray-dedup", "--no-progress", *ray],
                  ["pack", "s3://bucket/ray-clean", "-o", "s3://bucket/ray-pt", *pack, *ray]):
         r = subprocess.run([*driver, *argv], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    for local, on_ray, suffix in (("ray-local", "ray-clean", ".parquet"), ("ray-local-pt", "ray-pt", ".bin")):
+    for local, on_ray, suffix in (("ray-local", "ray-clean", ".parquet"), ("ray-local-dedup", "ray-dedup", ".parquet"),
+                                  ("ray-local-pt", "ray-pt", ".bin")):
         want, got = remote_files(s3, f"bucket/{local}"), remote_files(s3, f"bucket/{on_ray}")
         assert sorted(want) == sorted(got) and any(k.endswith(suffix) for k in got)
         assert all(got[k] == want[k] for k in want if k.endswith(suffix)), on_ray
         a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
         assert a["counts"] == b["counts"] and b["engine"]["engine"] == "ray"
+    dedup = json.loads(remote_files(s3, "bucket/ray-dedup")["manifest.json"])
+    assert dedup["counts"]["dropped"] == {"exact_duplicate": 1, "near_duplicate": 1}  # the planted ones, on Ray over S3
 
 
 def test_an_unreachable_store_or_a_missing_bucket_is_a_one_line_error(s3, tmp_path):
