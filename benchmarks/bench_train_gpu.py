@@ -102,7 +102,9 @@ class RandomWeights:
     def __init__(self, device: torch.device, std: float):
         self.device, self.std = device, std
 
-    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, to_quantize: bool = False) -> torch.Tensor:
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, to_quantize: bool = False,
+               keep_16bit: bool = False) -> torch.Tensor:
+        dtype = torch.bfloat16 if keep_16bit and dtype == torch.float32 else dtype  # as a bf16 checkpoint's
         if len(shape) == 1:
             return torch.ones(shape, dtype=dtype, device=self.device)
         return torch.randn(shape, dtype=torch.float32, device=self.device).mul_(self.std).to(dtype)

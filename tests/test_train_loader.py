@@ -300,3 +300,32 @@ def test_chunked_nf4_equals_bitsandbytes_quantize_4bit(monkeypatch, dtype):
     assert torch.equal(packed, want) and torch.equal(state.absmax, ref.absmax) and torch.equal(state.offset, ref.offset)
     assert torch.equal(state.state2.absmax, ref.state2.absmax) and torch.equal(state.code, ref.code)
     assert torch.equal(bnb.functional.dequantize_4bit(packed, state), bnb.functional.dequantize_4bit(want, ref))
+
+
+def seeded_load(path: Path, **kw):
+    torch.manual_seed(0)  # the expert and router LoRA factors are drawn while loading
+    return load(path, **kw)
+
+
+def test_frozen_embeddings_stay_16bit_with_the_same_outputs_and_setup(tmp_path):
+    from train.model import verify_setup
+    _, per, _ = mixtral_checkpoints(tmp_path)
+    a, b = seeded_load(per), seeded_load(per, frozen_embeddings=True)
+    assert a.model.embed_tokens.weight.dtype == a.lm_head.weight.dtype == torch.float32
+    assert b.model.embed_tokens.weight.dtype == b.lm_head.weight.dtype == torch.bfloat16
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the GPU path: the head's weight as stored under autocast
+            la, lb = a(input_ids=ids).logits, b(input_ids=ids).logits
+        assert la.dtype == torch.bfloat16 and torch.equal(la, lb)
+    cfg = RunConfig(model=str(per), data="-", output_dir="-", embeddings="frozen", lora_dropout=0.0, **LORA)
+    grads = []
+    for m in (a, b):
+        torch.manual_seed(0)
+        pm = attach_adapters(m, cfg)
+        summary = verify_setup(pm, cfg)
+        assert not summary["problems"] and summary["trainable_params"] == summary["analytic_trainable_params"]
+        pm(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in pm.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts, MixtralTopKRouter
@@ -120,10 +121,11 @@ class Checkpoint:
                          + (f"; also looked for {', '.join(keys[1:])}" if len(keys) > 1 else ""))
 
     def read(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, index: tuple[slice, ...] | None = None,
-             to_quantize: bool = False) -> torch.Tensor:
+             to_quantize: bool = False, keep_16bit: bool = False) -> torch.Tensor:
         """Tensor `key` (or its `index` part) in `dtype`; `shape` is the full tensor's shape the model expects.
+        `keep_16bit`: kept as stored where `dtype` would only widen it (16-bit to float32; the values are the same).
         `to_quantize`: a weight read to be quantized (`quantize_nf4` makes the same bits of it as of it in `dtype`):
-        kept as stored where `dtype` would only widen it (16-bit to float32), and counted in `meter`."""
+        kept 16-bit so, and counted in `meter`."""
         path = self.file_of[key]
         if path not in self._open:
             self._open[path] = self._open_file(path)
@@ -138,17 +140,18 @@ class Checkpoint:
         if to_quantize:
             release_free_memory()  # the previous weight's 16-bit copy and quantization scratch leave the process
         t = sl[index] if index is not None else f.get_tensor(key)
-        if not (to_quantize and dtype == torch.float32 and t.dtype in (torch.bfloat16, torch.float16)):
+        if not ((to_quantize or keep_16bit) and dtype == torch.float32 and t.dtype in (torch.bfloat16, torch.float16)):
             t = t.to(dtype)
         self.used.add(key)
         if to_quantize:
             self.meter.add(t)
         return t
 
-    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, to_quantize: bool = False) -> torch.Tensor:
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, to_quantize: bool = False,
+               keep_16bit: bool = False) -> torch.Tensor:
         """The model parameter `name` (a Mixtral MoE block is `block_sparse_moe` in the Hub's layout)."""
         key = self.find(name, name.replace(".mlp.", ".block_sparse_moe."))
-        return self.read(key, shape, dtype, to_quantize=to_quantize)
+        return self.read(key, shape, dtype, to_quantize=to_quantize, keep_16bit=keep_16bit)
 
     def expert(self, experts: str, e: int, w: str, mod: MixtralExperts, dtype: torch.dtype) -> torch.Tensor:
         """Expert `e`'s matrix `w` (w1 gate, w2 down, w3 up) of the experts module named `experts`, to be quantized
@@ -221,20 +224,47 @@ def materialize_layer(layer: nn.Module, prefix: str, source, device: torch.devic
             _set_param(layer, name, source.tensor(prefix + name, tuple(p.shape), torch.float32).to(device), p.requires_grad)
 
 
+class WidenedEmbedding(nn.Embedding):
+    """An `nn.Embedding` whose (frozen, 16-bit) rows are looked up as stored and returned in float32: the values
+    an fp32 copy of the weight would give, at half its memory."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids).float()
+
+
+class WidenedLinear(nn.Linear):
+    """An `nn.Linear` (LM head) with a frozen 16-bit weight used as if it were fp32: widened per forward on CPU
+    (the same values as an fp32 weight), as stored under autocast (which casts it to bf16 anyway)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if not torch.is_autocast_enabled(x.device.type):
+            w = w.to(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(w.dtype))
+
+
 def materialize(model: nn.Module, source, device: torch.device, dtype: torch.dtype, *, progress: bool = True,
-                **lora) -> None:
+                frozen_embeddings: bool = False, **lora) -> None:
     """`materialize_layer` on every decoder layer in turn (shards released after each), then embeddings, final
     norm and LM head in fp32 (on GPU the forward runs under bf16 autocast, so trained rows keep fp32 master
-    weights), tied embeddings re-tied, buffers moved to `device`. `lora`: `materialize_layer`'s keywords."""
+    weights), tied embeddings re-tied, buffers moved to `device`. `frozen_embeddings` (they are not trained):
+    a 16-bit checkpoint's embeddings and LM head stay as stored, widened to fp32 at use (`WidenedEmbedding`,
+    `WidenedLinear`: the same outputs as fp32 weights). `lora`: `materialize_layer`'s keywords."""
     layers = model.get_decoder().layers
     prefix = next(n for n, m in model.named_modules() if m is layers) + "."
     for i, layer in enumerate(tqdm(layers, desc="load NF4", unit="layer", disable=not progress)):
         materialize_layer(layer, f"{prefix}{i}.", source, device, dtype, **lora)
         source.release()
     tied = tied_embeddings(model)
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    narrow = set()
+    if frozen_embeddings and type(inp) is nn.Embedding and type(out) is nn.Linear:
+        inp.__class__, out.__class__ = WidenedEmbedding, WidenedLinear  # no state of their own: the swap keeps all
+        narrow = {n for n, m in model.named_modules() if m is inp or m is out}
     for name, p in list(model.named_parameters()):
         if p.is_meta and not (tied and name == output_embedding_name(model)):
-            _set_param(model, name, source.tensor(name, tuple(p.shape), torch.float32).to(device), p.requires_grad)
+            t = source.tensor(name, tuple(p.shape), torch.float32, keep_16bit=True).to(device)  # widened there
+            _set_param(model, name, t if name.rpartition(".")[0] in narrow else t.float(), p.requires_grad)
     if tied:
         model.tie_weights()
     source.release()
@@ -255,17 +285,17 @@ def output_embedding_name(model: nn.Module) -> str:
 
 
 def load_nf4(model_dir: str | Path, device: torch.device, dtype: torch.dtype, *, progress: bool = True,
-             checkpoint: Checkpoint | None = None, **lora) -> nn.Module:
+             checkpoint: Checkpoint | None = None, frozen_embeddings: bool = False, **lora) -> nn.Module:
     """The model of `model_dir/config.json`, streamed from its safetensors into NF4 (see the module docstring).
-    `checkpoint`: pass one to read its `meter` afterwards. `lora`: `materialize_layer`'s keywords (with
-    `placement`, only this rank's experts are read)."""
+    `checkpoint`: pass one to read its `meter` afterwards. `frozen_embeddings`: see `materialize`. `lora`:
+    `materialize_layer`'s keywords (with `placement`, only this rank's experts are read)."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise InputError(model_dir, None, "not a Hugging Face model folder (no config.json)")
     ckpt = checkpoint or Checkpoint(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     model = skeleton(config, dtype)
-    materialize(model, ckpt, device, dtype, progress=progress, **lora)
+    materialize(model, ckpt, device, dtype, progress=progress, frozen_embeddings=frozen_embeddings, **lora)
     unread = {output_embedding_name(model)} if tied_embeddings(model) else set()
     if lora.get("placement") is not None and getattr(config, "num_local_experts", 0):
         unread |= lora["placement"].unheld_keys(ckpt.file_of, config.num_local_experts)

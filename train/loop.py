@@ -37,8 +37,8 @@ from zhdata.pack import collate_packed
 from .config import RunConfig, to_toml
 from .data import batch_indices, check_dataset, micro_batches_per_epoch, model_inputs, open_packed
 from .modelfiles import model_identity
-from .model import (TOKENIZER_DIR, SetupError, attach_adapters, compute_dtype, format_summary, is_moe, load_quantized,
-                    pick_device, run_autocast, save_adapter, verify_setup)
+from .model import (TOKENIZER_DIR, SetupError, attach_adapters, compute_dtype, embeddings_frozen, format_summary, is_moe,
+                    load_quantized, pick_device, run_autocast, save_adapter, verify_setup)
 from .sharding import ExpertPlacement, clip_grad_norm_, full_moe_adapter_state, placement_summary, wrap_placed
 
 LOG_FILE, CKPT_DIR = "log.jsonl", "checkpoints"
@@ -334,7 +334,8 @@ def setup_model(cfg: RunConfig, ranks: Ranks, tok_dir: Path, manifest: Manifest,
     resize details and warnings go into `manifest`."""
     model = load_quantized(cfg.model, ranks.device, ranks.dtype, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                            lora_dropout=cfg.lora_dropout, expert_lora=cfg.expert_lora, router_lora=cfg.router_lora,
-                           blocksize=cfg.quant_blocksize, progress=progress and ranks.rank == 0, placement=ranks.placement)
+                           blocksize=cfg.quant_blocksize, progress=progress and ranks.rank == 0, placement=ranks.placement,
+                           frozen_embeddings=embeddings_frozen(cfg.embeddings, cfg.vocab))
     new_ids: list[int] = []
     if cfg.vocab == "ext":
         from tokenizer.embeddings import resize_and_init

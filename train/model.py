@@ -68,14 +68,21 @@ def is_moe(model) -> bool:
 
 def load_quantized(model_dir: str | Path, device: torch.device, dtype: torch.dtype, *, lora_r: int, lora_alpha: float,
                    lora_dropout: float = 0.0, expert_lora: bool = True, router_lora: bool = True, blocksize: int = 64,
-                   progress: bool = True, placement: ExpertPlacement | None = None):
+                   progress: bool = True, placement: ExpertPlacement | None = None, frozen_embeddings: bool = False):
     """The base model with every decoder `nn.Linear` and MoE expert matrix in NF4 (double quantisation),
     streamed from the checkpoint's safetensors one tensor at a time (`train/loader.py`) and quantized onto
     `device`; LoRA factors on experts and router are created here (peft adds the attention ones in
-    `attach_adapters`). `placement`: hold only this rank's experts (`train/sharding.py`)."""
+    `attach_adapters`). `placement`: hold only this rank's experts (`train/sharding.py`). `frozen_embeddings`
+    (see `embeddings_frozen`): a 16-bit checkpoint's embeddings and LM head stay 16-bit, used as fp32."""
     return load_nf4(model_dir, device, dtype, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                     expert_lora=expert_lora, router_lora=router_lora, blocksize=blocksize, progress=progress,
-                    placement=placement)
+                    placement=placement, frozen_embeddings=frozen_embeddings)
+
+
+def embeddings_frozen(embeddings: str, vocab: str) -> bool:
+    """Whether a run's embeddings and LM head are the checkpoint's, untouched (neither trained nor resized):
+    then only they need no fp32 copy (trained rows keep fp32 master weights)."""
+    return embeddings == "frozen" and vocab == "orig"
 
 
 def peft_config(cfg: RunConfig, new_token_ids: list[int] | None, inference: bool = False) -> LoraConfig:
@@ -233,7 +240,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", progress: 
     dtype = compute_dtype(device)
     model = load_quantized(meta["base_model"], device, dtype, lora_r=meta["lora_r"], lora_alpha=meta["lora_alpha"],
                            expert_lora=meta["expert_lora"], router_lora=meta["router_lora"],
-                           blocksize=meta["quant_blocksize"], progress=progress)
+                           blocksize=meta["quant_blocksize"], progress=progress,
+                           frozen_embeddings=embeddings_frozen(meta["embeddings"], meta["vocab"]))
     emb = run_dir / ADAPTER_DIR / EMB_FILE
     if model.get_input_embeddings().weight.shape[0] != meta["vocab_rows"]:
         model.resize_token_embeddings(meta["vocab_rows"], mean_resizing=False)
