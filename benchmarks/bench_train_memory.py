@@ -3,6 +3,12 @@ bitsandbytes path, on a wide Mixtral-architecture model written in the Hub's per
 
     python benchmarks/bench_train_memory.py write WORK      # checkpoint (bf16, 3 shards), tokenizer, packed data
     python benchmarks/bench_train_memory.py measure WORK    # each phase in its own process, one after another
+    python benchmarks/bench_train_memory.py write WORK2 --vocab-size 2249             # Mixtral's embedding share
+    python benchmarks/bench_train_memory.py measure WORK2 --phases ours-load
+
+The model's embeddings and LM head (vocab 32000 x hidden 1024) are 7.4% of its parameters, Mixtral-8x7B's
+(32000 x 4096 of 46.7B) 0.56%; `--vocab-size 2249` gives this model Mixtral's share (only the load phase is
+meaningful then: the packed data holds ids of the 32000-token tokenizer).
 
 Each phase runs in a fresh process and its peak RSS is the kernel's (`wait4` ru_maxrss), so phases do not
 share allocator state. Phases: `ours-load` (streaming load; peak anonymous memory above the imports, sampled
@@ -124,11 +130,20 @@ def phase(name: str, work: Path) -> None:
 
     if name == "ours-load":
         from train.model import load_quantized
-        with anon_peak() as m:
-            load_quantized(work / "model", torch.device("cpu"), torch.float32, lora_r=16, lora_alpha=32, progress=False)
+        from train.quant import setup_summary
+        with anon_peak() as m:  # as `train run` with RUN_FLAGS loads it: LoRA r=16 on experts and router, embeddings frozen
+            model = load_quantized(work / "model", torch.device("cpu"), torch.float32, lora_r=16, lora_alpha=32,
+                                   progress=False, frozen_embeddings=True)
+        summary = setup_summary(model)  # the loaded model's own tensors, by kind
+        held = {k: sum(v.values()) for k, v in summary["weight_bytes"].items()}
+        nf4 = sum(v.get("nf4", 0) for v in summary["weight_bytes"].values())
+        emb = held.get("embed_tokens", 0) + held.get("lm_head", 0)
         print(json.dumps({"anon_before_load": m["base"], "anon_peak_above_imports": m["peak"] - m["base"],
                           "anon_loaded_model": m["after"] - m["base"],
-                          "anon_transient_above_loaded_model": m["peak"] - m["after"]}))
+                          "anon_transient_above_loaded_model": m["peak"] - m["after"],
+                          "tensors_nf4_weights": nf4, "tensors_embeddings_lm_head_16bit": emb,
+                          "tensors_lora_fp32": 4 * summary["trainable_total"],
+                          "tensors_other_frozen": sum(held.values()) - nf4 - emb}))
     elif name == "ours-run":
         from train.cli import main
         assert main(["run", "--model", str(work / "model"), "--data", str(work / "packed"), "--tokenizer", str(work / "tok"),
@@ -168,10 +183,13 @@ def phase(name: str, work: Path) -> None:
         raise SystemExit(f"unknown phase {name}")
 
 
-def measure(work: Path) -> None:
+PHASES = ("ours-load", "ours-run", "plain-run", "ours-merge", "plain-merge")
+
+
+def measure(work: Path, phases: tuple[str, ...] = PHASES) -> None:
     size = json.loads((work / "model" / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
     res: dict = {"checkpoint_bf16_gib": round(size / GiB, 3)}
-    for name in ("ours-load", "ours-run", "plain-run", "ours-merge", "plain-merge"):
+    for name in phases:
         t = time.time()
         p = subprocess.Popen([sys.executable, __file__, "phase", name, str(work)], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -179,14 +197,21 @@ def measure(work: Path) -> None:
         _, status, usage = os.wait4(p.pid, 0)
         if status != 0:
             raise SystemExit(f"phase {name} failed ({status})")
-        res[name] = {"peak_rss_gib": round(usage.ru_maxrss * 1024 / GiB, 3), "wall_s": round(time.time() - t, 1)}
+        res[name] = {"peak_rss_gib": round(usage.ru_maxrss * 1024 / GiB, 3), "wall_s": round(time.time() - t, 1),
+                     "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_avg_1min": round(os.getloadavg()[0], 2)}
         for line in out.splitlines():  # a phase's own figures: its JSON line (train run prints its setup too)
             if line.startswith("{"):
                 res[name].update({k: round(v / GiB, 3) for k, v in json.loads(line).items()})
         print(name, res[name], flush=True)
-    res["run_ratio"] = round(res["ours-run"]["peak_rss_gib"] / res["plain-run"]["peak_rss_gib"], 3)
-    res["merge_ratio"] = round(res["ours-merge"]["peak_rss_gib"] / res["plain-merge"]["peak_rss_gib"], 3)
-    res["load_anon_over_checkpoint"] = round(res["ours-load"]["anon_peak_above_imports"] / res["checkpoint_bf16_gib"], 3)
+    if "ours-run" in res and "plain-run" in res:
+        res["run_ratio"] = round(res["ours-run"]["peak_rss_gib"] / res["plain-run"]["peak_rss_gib"], 3)
+    if "ours-merge" in res and "plain-merge" in res:
+        res["merge_ratio"] = round(res["ours-merge"]["peak_rss_gib"] / res["plain-merge"]["peak_rss_gib"], 3)
+    if "ours-load" in res:
+        load = res["ours-load"]
+        res["load_anon_over_checkpoint"] = round(load["anon_peak_above_imports"] / res["checkpoint_bf16_gib"], 3)
+        res["load_model_over_checkpoint"] = round(load["anon_loaded_model"] / res["checkpoint_bf16_gib"], 3)
+        res["load_transient_over_checkpoint"] = round(load["anon_transient_above_loaded_model"] / res["checkpoint_bf16_gib"], 3)
     print(json.dumps(res))
 
 
@@ -194,11 +219,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("write", "measure", "phase"))
     ap.add_argument("args", nargs="+", help="WORK folder (phase: NAME WORK)")
+    ap.add_argument("--vocab-size", type=int, default=WIDE["vocab_size"],
+                    help="write: vocabulary rows (2249 gives Mixtral-8x7B's embedding share of the parameters)")
+    ap.add_argument("--phases", type=lambda v: tuple(x for x in v.split(",") if x), default=PHASES,
+                    help=f"measure: comma-separated phases (default: all: {','.join(PHASES)})")
     a = ap.parse_args()
     if a.what == "write":
-        write(Path(a.args[0]))
+        write(Path(a.args[0]), {**WIDE, "vocab_size": a.vocab_size})
     elif a.what == "measure":
-        measure(Path(a.args[0]))
+        unknown = set(a.phases) - set(PHASES)
+        if unknown:
+            ap.error(f"unknown phase(s) {sorted(unknown)}; phases: {', '.join(PHASES)}")
+        measure(Path(a.args[0]), a.phases)
     else:
         phase(a.args[0], Path(a.args[1]))
 

@@ -300,4 +300,5 @@ def load_nf4(model_dir: str | Path, device: torch.device, dtype: torch.dtype, *,
     if lora.get("placement") is not None and getattr(config, "num_local_experts", 0):
         unread |= lora["placement"].unheld_keys(ckpt.file_of, config.num_local_experts)
     ckpt.check_all_used(unread)
+    release_free_memory()
     return model
