@@ -154,8 +154,9 @@ def wrap_placed(model: nn.Module, placement: ExpertPlacement | None, device: tor
         for p in model.parameters():
             if is_held_by_rank(p) and p.requires_grad:
                 p.register_hook(lambda g, w=placement.world: g / w)
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    # Every trainable parameter DDP syncs gets a gradient in every step (the grouped expert path multiplies all
+    # experts' LoRA factors, zero rows for an expert without tokens), so DDP need not search for unused ones.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, placement: ExpertPlacement | None) -> torch.Tensor:
