@@ -95,9 +95,10 @@ def write(work: Path, dims: dict = WIDE) -> None:
     print(json.dumps({"checkpoint_bytes_bf16": total, "shards": len(groups), "tensors": len(shapes)}))
 
 
-def _rss_anon() -> int:
+def _proc_status(field: str = "RssAnon") -> int:
+    """A memory field of /proc/self/status in bytes (RssAnon: anonymous, RssFile: mapped files)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -106,12 +107,12 @@ def _rss_anon() -> int:
 def anon_peak():
     """Anonymous memory (RssAnon) of this process around the block, sampled every 5 ms: yields a dict that holds
     `base` at entry, and `after` and `peak` (the highest sample, at least `after`) once the block has run."""
-    m = {"base": _rss_anon()}
+    m = {"base": _proc_status()}
     peak, stop = [m["base"]], threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_anon())
+            peak[0] = max(peak[0], _proc_status())
             time.sleep(0.005)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -121,7 +122,7 @@ def anon_peak():
     finally:
         stop.set()
         t.join()
-        m["after"] = _rss_anon()
+        m["after"] = _proc_status()
         m["peak"] = max(peak[0], m["after"])
 
 
@@ -129,21 +130,28 @@ def phase(name: str, work: Path) -> None:
     import torch
 
     if name == "ours-load":
+        import bitsandbytes as bnb
+
         from train.model import load_quantized
-        from train.quant import setup_summary
+        from train.quant import MOE_ADAPTER_NAMES, module_type, setup_summary
+        file_base = _proc_status("RssFile")
         with anon_peak() as m:  # as `train run` with RUN_FLAGS loads it: LoRA r=16 on experts and router, embeddings frozen
             model = load_quantized(work / "model", torch.device("cpu"), torch.float32, lora_r=16, lora_alpha=32,
                                    progress=False, frozen_embeddings=True)
-        summary = setup_summary(model)  # the loaded model's own tensors, by kind
-        held = {k: sum(v.values()) for k, v in summary["weight_bytes"].items()}
-        nf4 = sum(v.get("nf4", 0) for v in summary["weight_bytes"].values())
-        emb = held.get("embed_tokens", 0) + held.get("lm_head", 0)
+        file_after = _proc_status("RssFile")
+        kinds = {"nf4": 0, "embeddings_lm_head": 0, "lora": 0, "other": 0}  # the loaded model's own tensors
+        for n, p in model.named_parameters():
+            if not isinstance(p, bnb.nn.Params4bit):
+                kind = ("lora" if n.rsplit(".", 1)[-1] in MOE_ADAPTER_NAMES else
+                        "embeddings_lm_head" if module_type(n) in ("embed_tokens", "lm_head") else "other")
+                kinds[kind] += p.numel() * p.element_size()
+        kinds["nf4"] = sum(v.get("nf4", 0) for v in setup_summary(model)["weight_bytes"].values())
         print(json.dumps({"anon_before_load": m["base"], "anon_peak_above_imports": m["peak"] - m["base"],
                           "anon_loaded_model": m["after"] - m["base"],
                           "anon_transient_above_loaded_model": m["peak"] - m["after"],
-                          "tensors_nf4_weights": nf4, "tensors_embeddings_lm_head_16bit": emb,
-                          "tensors_lora_fp32": 4 * summary["trainable_total"],
-                          "tensors_other_frozen": sum(held.values()) - nf4 - emb}))
+                          # page cache the model maps: safetensors hands out tensors backed by the shard mapping
+                          "rss_file_after_load_above_imports": file_after - file_base,
+                          **{f"tensors_{k}": v for k, v in kinds.items()}}))
     elif name == "ours-run":
         from train.cli import main
         assert main(["run", "--model", str(work / "model"), "--data", str(work / "packed"), "--tokenizer", str(work / "tok"),
