@@ -80,8 +80,8 @@ def load_quantized(model_dir: str | Path, device: torch.device, dtype: torch.dty
 
 
 def embeddings_frozen(embeddings: str, vocab: str) -> bool:
-    """Whether a run's embeddings and LM head are the checkpoint's, untouched (neither trained nor resized):
-    then only they need no fp32 copy (trained rows keep fp32 master weights)."""
+    """Whether a run's embeddings and LM head are the checkpoint's own, untouched (neither trained nor resized), so
+    they need no fp32 copy (trained rows keep fp32 master weights)."""
     return embeddings == "frozen" and vocab == "orig"
 
 
@@ -241,7 +241,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", progress: 
     model = load_quantized(meta["base_model"], device, dtype, lora_r=meta["lora_r"], lora_alpha=meta["lora_alpha"],
                            expert_lora=meta["expert_lora"], router_lora=meta["router_lora"],
                            blocksize=meta["quant_blocksize"], progress=progress,
-                           frozen_embeddings=embeddings_frozen(meta["embeddings"], meta["vocab"]))
+                           frozen_embeddings=embeddings_frozen(meta.get("embeddings", "train"), meta.get("vocab", "orig")))
     emb = run_dir / ADAPTER_DIR / EMB_FILE
     if model.get_input_embeddings().weight.shape[0] != meta["vocab_rows"]:
         model.resize_token_embeddings(meta["vocab_rows"], mean_resizing=False)
