@@ -112,3 +112,39 @@ def test_rerun_resumes_and_a_changed_input_run_is_refused(tmp_path):
     Manifest("zhdata clean", {"another": "run"}).write(d)
     with pytest.raises(Exception, match="manifest.json changed"):
         run_dedupe(d, out, DedupeOptions(), progress=False)
+
+
+def test_read_texts_of_rows_reads_their_row_groups_only(tmp_path, monkeypatch):
+    """The verifier's read: the texts at any rows, in the order asked, across row groups, and a row group that
+    holds none of them is never decoded (a null there would otherwise be an error)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zhdata import dedupe
+
+    texts = _texts(5, 50, length=20)
+    col = pa.array(texts[:40] + [None] * 10, type=pa.string())  # rows 40-49, the last group, hold nulls
+    pq.write_table(pa.table({"text": col}), tmp_path / "s.parquet", row_group_size=10)
+    rows = np.array([33, 2, 17, 0, 39, 2])
+    assert dedupe.read_texts(tmp_path / "s.parquet", "text", rows) == [texts[i] for i in rows.tolist()]
+    assert dedupe.read_texts(tmp_path / "s.parquet", "text", np.array([], dtype=np.int64)) == []
+    with pytest.raises(dedupe.InputError, match=":41: column .text. holds nulls"):
+        dedupe.read_texts(tmp_path / "s.parquet", "text", np.array([1, 41]))
+    with pytest.raises(dedupe.InputError, match="no column 'body'"):
+        dedupe.read_texts(tmp_path / "s.parquet", "body", rows)
+
+
+def test_shards_are_written_in_row_groups_of_bounded_size(tmp_path, monkeypatch):
+    """A finished shard holds row groups of about ROW_GROUP_BYTES, the same rows in order."""
+    import pyarrow.parquet as pq
+
+    from zhdata import shards
+
+    frame = pl.DataFrame({"id": [str(i) for i in range(1000)], "text": _texts(6, 1000, length=100)})
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", frame.estimated_size() // 8)
+    state = shards.ShardState(tmp_path)
+    state.start({"x": 1})
+    state.finish("part", frame, {"n": 1000})
+    pf = pq.ParquetFile(tmp_path / "part.parquet")
+    assert 8 <= pf.num_row_groups <= 9
+    assert pl.read_parquet(tmp_path / "part.parquet").equals(frame)

@@ -63,6 +63,24 @@ def test_ray_dedupe_equals_local_byte_for_byte(ray_cluster, tmp_path, monkeypatc
         assert m["counts"]["dropped"] == {"exact_duplicate": 4, "near_duplicate": 4}
 
 
+def test_shards_grouped_and_partitions_capped_give_the_same_output(ray_cluster, tmp_path, monkeypatch):
+    """Past MAX_TASKS shards, a task of the global step takes several shards (here 2 and 3 of the 5) and the
+    partitions are capped: the same clusters and files as the local engine."""
+    import zhdata.engine.ray_dedupe as rd
+
+    assert [list(g) for g in rd.shard_groups(5, 2)] == [[0, 1], [2, 3, 4]]
+    assert [list(g) for g in rd.shard_groups(3, 512)] == [[0], [1], [2]]
+    monkeypatch.setattr(rd, "ROWS_PER_PARTITION", 200)  # would make 6 partitions: capped at 2
+    monkeypatch.setattr(rd, "MAX_TASKS", 2)
+    src = _corpus(tmp_path)
+    common = ["--no-progress", "--workers", "2"]
+    assert main(["dedupe", str(src), "-o", str(tmp_path / "local"), *common]) == 0
+    assert main(["dedupe", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray", "--ray-address", ray_cluster, *common]) == 0
+    (lf, lm), (rf, rm) = _outputs(tmp_path / "local"), _outputs(tmp_path / "ray")
+    assert lf == rf and rm == lm
+    assert lm["counts"]["dropped"] == {"exact_duplicate": 4, "near_duplicate": 4}
+
+
 def test_a_worker_killed_in_the_global_step_is_retried_to_the_same_output(ray_cluster, tmp_path, monkeypatch):
     import zhdata.engine.ray_dedupe as rd
 

@@ -27,7 +27,7 @@ from .lock import locked_output
 from .lsh import LSHIndex, band_keys, duplicate_clusters
 from .manifest import MANIFEST, Counts, Manifest
 from .minhash import optimal_bands, signatures
-from .ngrams import codepoints, ngram_hashes
+from .ngrams import codepoints, ngram_hashes, text_chunks
 from .normalize import dedupe_key
 from .engine import Engine, LocalEngine, add_engine_options, engine_from_args, warn_if_unshared
 from .shards import ShardState, check_output_folder, run_inputs
@@ -75,18 +75,47 @@ def list_shards(in_dir: str | Path) -> list[str | Path]:
 
 
 def read_texts(path: str | Path, field: str, rows: np.ndarray | None = None) -> list[str]:
-    """The texts of a shard, or only those at `rows` (0-based): then the others never become Python strings."""
+    """The texts of a shard, or only those at `rows` (0-based, any order): then only the row groups holding them are
+    read, one at a time, and the other texts never become Python strings."""
     import polars as pl
 
-    try:
-        col = pl.read_parquet(fs.readable(path), columns=[field])[field]
-    except pl.exceptions.ColumnNotFoundError:
-        raise InputError(path, None, f"no column {field!r}", "choose it with --text-field") from None
+    if rows is None:
+        try:
+            col = pl.read_parquet(fs.readable(path), columns=[field])[field]
+        except pl.exceptions.ColumnNotFoundError:
+            raise InputError(path, None, f"no column {field!r}", "choose it with --text-field") from None
+        return _checked(col, path, field, 0).to_list()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = np.asarray(rows, dtype=np.int64)
+    out: list[str] = [""] * len(rows)
+    with pq.ParquetFile(fs.readable(path)) as pf:
+        if field not in pf.schema_arrow.names:
+            raise InputError(path, None, f"no column {field!r}", "choose it with --text-field")
+        ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        group = np.searchsorted(ends, rows, side="right")
+        if len(rows) and (rows.min() < 0 or group.max() >= len(ends)):
+            raise IndexError(f"{path}: rows outside its {int(ends[-1]) if len(ends) else 0} rows")
+        for g in np.unique(group):
+            start = int(ends[g - 1]) if g else 0
+            col = _checked(pl.from_arrow(pf.read_row_group(int(g), columns=[field]))[field], path, field, start)
+            at = np.flatnonzero(group == g)
+            for i, text in zip(at.tolist(), col.gather(rows[at] - start).to_list()):
+                out[i] = text
+    pa.default_memory_pool().release_unused()  # Arrow's pool otherwise keeps every decoded group's pages
+    return out
+
+
+def _checked(col: "pl.Series", path: str | Path, field: str, start: int) -> "pl.Series":
+    """`col` (a shard's texts from row `start` on) if it is text without nulls, else the one-line error."""
+    import polars as pl
+
     if col.dtype != pl.String:
         raise InputError(path, None, f"column {field!r} is {col.dtype}, not text")
     if col.null_count():
-        raise InputError(path, int(col.is_null().arg_true()[0]) + 1, f"column {field!r} holds nulls")
-    return (col if rows is None else col.gather(rows)).to_list()
+        raise InputError(path, start + int(col.is_null().arg_true()[0]) + 1, f"column {field!r} holds nulls")
+    return col
 
 
 def exact_hashes(keys: list[str]) -> np.ndarray:
@@ -134,14 +163,18 @@ class JaccardVerifier:
         for s in np.unique(shard_of):
             rows = missing[shard_of == s]
             texts = read_texts(self.shards[s], self.opts.text_field, rows - self.offsets[s])
-            keys = dedupe_key(pl.Series(texts, dtype=pl.String), self.opts.mainland_key).to_list()
-            cp, offs = codepoints(keys)
-            h, _, doc = ngram_hashes(cp, offs, self.opts.ngram, self.opts.seed, whole_short=True)
-            for i, d in enumerate(rows.tolist()):
-                grams = np.unique(h[doc == i]).astype(np.uint64)
-                self.file.write(grams.tobytes())
-                self.where[d] = (self.end, len(grams))
-                self.end += grams.nbytes
+            # a chunk at a time: keys and n-gram arrays take ~60 bytes per character, and allocators keep their peak
+            for lo, hi in text_chunks(texts):
+                keys = dedupe_key(pl.Series(texts[lo:hi], dtype=pl.String), self.opts.mainland_key).to_list()
+                cp, offs = codepoints(keys)
+                h, _, doc = ngram_hashes(cp, offs, self.opts.ngram, self.opts.seed, whole_short=True)
+                order = np.argsort(doc, kind="stable")  # texts shorter than an n-gram come last: group by text
+                h, bounds = h[order], np.searchsorted(doc[order], np.arange(hi - lo + 1))
+                for i, d in enumerate(rows[lo:hi].tolist()):
+                    grams = np.unique(h[bounds[i]:bounds[i + 1]]).astype(np.uint64)
+                    self.file.write(grams.tobytes())
+                    self.where[d] = (self.end, len(grams))
+                    self.end += grams.nbytes
         self.file.flush()
 
     def _set(self, d: int) -> np.ndarray:

@@ -57,8 +57,17 @@ class ShardState:
 
     def finish(self, name: str, frame: pl.DataFrame, stats: dict[str, Any]) -> None:
         with fs.atomic_writer(fs.join(self.dir, f"{name}.parquet")) as f:
-            frame.write_parquet(f, compression="zstd", statistics=False)
+            frame.write_parquet(f, compression="zstd", statistics=False, row_group_size=row_group_rows(frame))
         fs.write_text(fs.join(self.parts, f"{name}.json"), json.dumps(stats, ensure_ascii=False))
+
+
+ROW_GROUP_BYTES = 8 << 20  # of Arrow data per row group: a reader of a few rows (dedupe's verifier) decodes no more
+
+
+def row_group_rows(frame: pl.DataFrame) -> int:
+    """Rows per Parquet row group for `frame`: about ROW_GROUP_BYTES each (one group for the whole 64 MB piece made
+    each column one page, decoded whole to read any row of it)."""
+    return max(1, min(frame.height, frame.height * ROW_GROUP_BYTES // max(1, frame.estimated_size())))
 
 
 def run_inputs(files: list[str | Path]) -> tuple[list[dict[str, Any]], list[list[str]]]:

@@ -6,24 +6,26 @@ as the first band) every document sharing a key with earlier ones is linked to t
 cluster is a connected component of the links and its smallest document index is its root. Three stages of Ray
 tasks, none of which holds every key, passing their results through Ray's object store (a hash shuffle):
 
-1. keys: one task per shard reads its signature cache (pass 1's `.parts/sig-*.npz`) and returns P pieces, piece p
-   holding the (key, document) pairs of every band whose key is p modulo P, band by band, in corpus order;
-2. candidate links: one task per partition p receives piece p of every shard (in shard order, so each band's
-   documents stay in corpus order) and links, band by band, every later holder of a key to its first holder;
-   it returns one piece per shard: the links whose first document lies in that shard;
-3. verification and partial components: one task per shard receives its links from every partition, verifies the
+1. keys: one task per group of consecutive shards reads their signature caches (pass 1's `.parts/sig-*.npz`) one
+   at a time and returns P pieces, piece p holding the (key, document) pairs whose key is p modulo P, shard by shard
+   and band by band, documents in corpus order;
+2. candidate links: one task per partition p receives piece p of every group (in corpus order) and links, band by
+   band, every later holder of a key to its first holder; it returns one piece per group: the links whose first
+   document lies in that group;
+3. verification and partial components: one task per group receives its links from every partition, verifies the
    near ones (reading the texts of only the documents they name) and runs a union-find over the links that remain,
    returning each linked document's root within the task.
 
 A small final pass in the driver unions those partial roots: it holds only documents that have a link (the members
 of clusters), 24 bytes each, never the band keys. Its result is sparse: `Clusters`.
 
-Memory: a stage-1 task holds one shard's keys (its cache) and their split; a stage-2 task its partition's pairs
-(about ROWS_PER_PARTITION of 16 bytes, read in place from the object store) and one band of them at a time; a stage-3
-task its shard's links and the n-gram sets of their documents. Ray Data's `groupby` is not used: its shuffle
-coalesced up to 1 GB of input blocks into one task (`DataContext.shuffle_input_batch_bytes`), that is every key of a
-500 MB corpus in one worker. The shuffle holds shards x partitions objects: fine to millions of documents per
-partition and thousands of shards, not tuned past that.
+Memory: a stage-1 task holds one shard's cache at a time and its group's pairs split by partition (16 bytes a pair);
+a stage-2 task its partition's pairs (about ROWS_PER_PARTITION, read in place from the object store) and one band of
+them at a time; a stage-3 task its group's links and the n-gram sets of one chunk of their documents at a time. Ray
+Data's `groupby` is not used: its shuffle coalesced up to 1 GB of input blocks into one task
+(`DataContext.shuffle_input_batch_bytes`), that is every key of a 500 MB corpus in one worker. The shuffle makes
+groups x partitions objects, each at most MAX_TASKS: past MAX_TASKS shards a group holds several shards, past
+MAX_TASKS x ROWS_PER_PARTITION pairs a partition holds more pairs (BENCHMARKS.md section 9 sizes 1 TB and 10 TB).
 """
 
 from __future__ import annotations
@@ -40,42 +42,50 @@ from .. import fs
 from ..lsh import UnionFind, equal_key_pairs
 
 ROWS_PER_PARTITION = 1_000_000  # (band, key, document) rows per stage-2 task: 16 MB of pairs, one band at a time linked
+MAX_TASKS = 512  # shard groups and partitions each: the shuffle's objects (groups x partitions) stay under 262,144
 
 
-def key_rows(cache: str | Path, start: int, exact: bool, partitions: int) -> tuple[dict[str, np.ndarray], ...]:
-    """Stage 1 for one shard (its first document is `start`): per partition, its (key, doc) pairs band after band
-    (the exact hash first when `exact`), documents in corpus order within a band; `count` holds each band's length."""
-    with np.load(io.BytesIO(fs.read_bytes(cache))) as z:
-        bands = z["bands"]
-        cols = ([z["exact"]] if exact else []) + [bands[:, b] for b in range(bands.shape[1])]
+def key_rows(caches: list[str], starts: list[int], exact: bool, partitions: int) -> tuple[dict[str, np.ndarray], ...]:
+    """Stage 1 for a group of consecutive shards (their first documents `starts`): per partition, its (key, doc) pairs
+    shard after shard and band after band (the exact hash first when `exact`), documents in corpus order within a
+    band; `count[i, b]` is the number of pairs of the group's shard i in band b."""
     pieces: list[dict[str, list[np.ndarray]]] = [{"key": [], "doc": []} for _ in range(partitions)]
-    counts = np.zeros((partitions, len(cols)), dtype=np.int64)
-    for b, col in enumerate(cols):
-        key = np.ascontiguousarray(col, dtype=np.uint64)
-        part = key % np.uint64(partitions)
-        order = np.argsort(part, kind="stable")  # stable: documents stay in order within a partition
-        counts[:, b] = np.bincount(part.astype(np.intp), minlength=partitions)
-        bounds = np.concatenate([[0], np.cumsum(counts[:, b])])
-        for p in range(partitions):
-            rows = order[bounds[p]:bounds[p + 1]]
-            pieces[p]["key"].append(key[rows])
-            pieces[p]["doc"].append(rows + start)
+    counts: list[np.ndarray] = []
+    for cache, start in zip(caches, starts):
+        with np.load(io.BytesIO(fs.read_bytes(cache))) as z:
+            bands = z["bands"]
+            cols = ([z["exact"]] if exact else []) + [bands[:, b] for b in range(bands.shape[1])]
+        count = np.zeros((partitions, len(cols)), dtype=np.int64)
+        for b, col in enumerate(cols):
+            key = np.ascontiguousarray(col, dtype=np.uint64)
+            part = key % np.uint64(partitions)
+            order = np.argsort(part, kind="stable")  # stable: documents stay in order within a partition
+            count[:, b] = np.bincount(part.astype(np.intp), minlength=partitions)
+            bounds = np.concatenate([[0], np.cumsum(count[:, b])])
+            for p in range(partitions):
+                rows = order[bounds[p]:bounds[p + 1]]
+                pieces[p]["key"].append(key[rows])
+                pieces[p]["doc"].append(rows + start)
+        counts.append(count)
+        del cols, bands
     return tuple({"key": np.concatenate(pc["key"]), "doc": np.concatenate(pc["doc"]).astype(np.int64),
-                  "count": counts[p]} for p, pc in enumerate(pieces))
+                  "count": np.stack([c[p] for c in counts])} for p, pc in enumerate(pieces))
 
 
-def candidate_links(offsets: np.ndarray, exact: bool, fault: Any, index: int,
+def candidate_links(bounds: np.ndarray, exact: bool, fault: Any, index: int,
                     *pieces: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], ...]:
-    """Stage 2 for one partition, given its piece of every shard in shard order: per band, each later holder of a
-    key linked to its first holder; the links split by the shard of their first document."""
+    """Stage 2 for one partition, given its piece of every group in corpus order: per band, each later holder of a
+    key linked to its first holder; the links split by the group of their first document (groups start at `bounds`)."""
     from .ray_engine import maybe_die
 
-    ends = [np.cumsum(p["count"]) for p in pieces]
+    nbands = pieces[0]["count"].shape[1] if pieces else 0
+    # where each (shard, band) run starts in its piece: counts are shard-major, bands within a shard
+    runs = [(p, np.concatenate([[0], np.cumsum(p["count"].ravel())])) for p in pieces]
     us, vs, ex = [], [], []
-    for b in range(len(pieces[0]["count"]) if pieces else 0):
-        lo = [int(e[b] - p["count"][b]) for p, e in zip(pieces, ends)]
-        key = np.concatenate([p["key"][s:int(e[b])] for p, s, e in zip(pieces, lo, ends)])
-        doc = np.concatenate([p["doc"][s:int(e[b])] for p, s, e in zip(pieces, lo, ends)])
+    for b in range(nbands):
+        spans = [(p, e[i * nbands + b], e[i * nbands + b + 1]) for p, e in runs for i in range(len(p["count"]))]
+        key = np.concatenate([p["key"][lo:hi] for p, lo, hi in spans])
+        doc = np.concatenate([p["doc"][lo:hi] for p, lo, hi in spans])
         first, other = equal_key_pairs(key)  # positions; in corpus order, so the first is the smallest document
         us.append(doc[first])
         vs.append(doc[other])
@@ -83,18 +93,18 @@ def candidate_links(offsets: np.ndarray, exact: bool, fault: Any, index: int,
     u = np.concatenate(us) if us else np.zeros(0, np.int64)
     v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
     e = np.concatenate(ex) if ex else np.zeros(0, bool)
-    shard = np.searchsorted(offsets, u, side="right") - 1
-    order = np.argsort(shard, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=len(offsets) - 1))])
+    group = np.searchsorted(bounds, u, side="right") - 1
+    order = np.argsort(group, kind="stable")
+    cuts = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=len(bounds) - 1))])
     out = tuple({"u": u[order[lo:hi]], "v": v[order[lo:hi]], "exact": e[order[lo:hi]]}
-                for lo, hi in zip(bounds[:-1], bounds[1:]))
+                for lo, hi in zip(cuts[:-1], cuts[1:]))
     maybe_die(fault, index)
     return out
 
 
 def partial_components(shards: list[str | Path], offsets: np.ndarray, opts: Any,
                        *links: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Stage 3 for the links of one shard's first documents: verify near links, then (document, root here, exact
+    """Stage 3 for the links of one group's first documents: verify near links, then (document, root here, exact
     duplicate) of every document they link."""
     from ..dedupe import JaccardVerifier
 
@@ -117,6 +127,12 @@ def partial_components(shards: list[str | Path], offsets: np.ndarray, opts: Any,
     return {"doc": nodes, "root": nodes[uf.labels()], "exact": np.isin(nodes, v[exact])}
 
 
+def shard_groups(nshards: int, max_groups: int) -> list[range]:
+    """Consecutive shards in at most `max_groups` groups of nearly equal size."""
+    edges = np.linspace(0, nshards, min(nshards, max_groups) + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def ray_clusters(caches: list[str | Path], shards: list[str | Path], offsets: np.ndarray, opts: Any,
                  address: str | None = None, workers: int | None = None) -> "Clusters":
     """The clusters of the corpus whose pass-1 caches are `caches` (one per shard, document offsets `offsets`)."""
@@ -126,22 +142,25 @@ def ray_clusters(caches: list[str | Path], shards: list[str | Path], offsets: np
     from .ray_engine import fault_from_env, get, init_ray, remote
 
     init_ray(address, workers)
-    n, nshards = int(offsets[-1]), len(shards)
+    n = int(offsets[-1])
     rows = n * ((opts.bands if opts.near else 0) + (1 if opts.exact else 0))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    partitions = max(cpus, math.ceil(rows / ROWS_PER_PARTITION))
-    keys = [_refs(remote(key_rows, partitions).remote(str(c), int(o), opts.exact, partitions), partitions)
-            for c, o in zip(caches, offsets[:-1])]
+    partitions = min(max(cpus, math.ceil(rows / ROWS_PER_PARTITION)), MAX_TASKS)
+    groups = shard_groups(len(shards), MAX_TASKS)
+    bounds = np.array([offsets[g.start] for g in groups] + [offsets[-1]], dtype=np.int64)
+    keys = [_refs(remote(key_rows, partitions).remote([str(caches[i]) for i in g], [int(offsets[i]) for i in g],
+                                                      opts.exact, partitions), partitions) for g in groups]
     fault = fault_from_env("links")
-    links = [_refs(remote(candidate_links, nshards).remote(offsets, opts.exact, fault, p, *[k[p] for k in keys]), nshards)
-             for p in range(partitions)]
+    links = [_refs(remote(candidate_links, len(groups)).remote(bounds, opts.exact, fault, p, *[k[p] for k in keys]),
+                   len(groups)) for p in range(partitions)]
     del keys  # each partition's pieces are freed once its task has them
-    comps = [remote(partial_components, 1).remote([str(s) for s in shards], offsets, opts, *[x[s] for x in links])
-             for s in range(nshards)]
+    comps = [remote(partial_components, 1).remote([str(s) for s in shards], offsets, opts, *[x[i] for x in links])
+             for i in range(len(groups))]
     del links
     docs, roots, exact = [], [], []
-    for shard, ref in zip(shards, comps):
-        part = get(ref, f"{shard} (dedupe's global step: its links)")
+    for g, ref in zip(groups, comps):
+        what = shards[g.start] if len(g) == 1 else f"{shards[g.start]} to {fs.name(shards[g[-1]])}"
+        part = get(ref, f"{what} (dedupe's global step: its links)")
         docs.append(part["doc"])
         roots.append(part["root"])
         exact.append(np.asarray(part["exact"], dtype=bool))
