@@ -86,3 +86,12 @@ def test_clean_cli_redacts_by_default_and_drops_on_request(tmp_path):
     c = json.loads((out / "manifest.json").read_text())["counts"]
     assert c["dropped"] == {"pii_email": 2, "pii_phone": 7, "pii_id_number": 2, "pii_bank_card": 2, "pii_ip": 3}
     assert c["records_out"] == len(_ordinary())
+
+
+def test_the_candidate_filter_misses_nothing_the_full_scan_finds():
+    """Only candidate documents reach the full scan: an address opening with `::` is found alone in its document
+    as it is beside other personal data."""
+    texts = ["地址 ::1 结束", "服务器 ::a:b 已停用", "映射 ::ffff:c000:280 地址", "无 :: 地址", *[t for _, t in _planted()]]
+    out, counts = Pii("redact").scan(pl.Series(texts))
+    assert out.to_list() == [find_and_redact(t)[0] for t in texts]
+    assert counts["pii_ip"].to_list()[:4] == [1, 1, 1, 0]

@@ -27,7 +27,7 @@ PII_TYPES = ("email", "phone", "id_number", "bank_card", "ip")
 PII_MODES = ("redact", "drop", "keep")
 PLACEHOLDER = {t: f"<{t.upper()}>" for t in PII_TYPES}
 
-_CANDIDATE = r"@|\d{7}|\d[- )]\d{3}|\d\.\d{1,3}\.\d{1,3}\.\d|[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:"
+_CANDIDATE = r"@|\d{7}|\d[- )]\d{3}|\d\.\d{1,3}\.\d{1,3}\.\d|[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:|::[0-9A-Fa-f]"
 _B, _E = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
 _CC = r"(?:(?:\+|00)\s?{code}[- ]?|\({code}\)\s?)"  # country code: +86, 0086, (86)
 _PHONE = "|".join([
