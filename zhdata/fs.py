@@ -5,15 +5,16 @@ fsspec (s3fs for `s3://`, gcsfs for `gs://`, pyarrow for `hdfs://`; credentials 
 `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, ...). Local paths stay `Path`s, so the
 local path never pays for fsspec; remote locations stay URI strings (`Path` would fold `s3://` into `s3:/`).
 
-Atomic replacement (`atomic_writer`): locally a temporary name and `os.replace`; elsewhere a temporary key and a
-move. On an object store a move is a server-side copy and a delete: the final object appears whole or not at all
-(a copy is atomic), but a crash between the two leaves a `.tmp` object behind, which the next run overwrites.
-On HDFS a move is an atomic rename.
+Atomic replacement (`atomic_writer`): locally a temporary name and `os.replace`; elsewhere a temporary key, then
+on an object store (s3://, gs://) a server-side copy to the final key and a delete: the final object appears whole
+or not at all (a copy is atomic), but a crash between the two leaves a `.tmp` object behind, which the next run
+overwrites. On HDFS a move, an atomic rename.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -23,6 +24,11 @@ from typing import Any, BinaryIO, Iterator
 
 from .errors import InputError
 
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs")  # URI schemes of stores of objects: no folders, no rename
+
+# gcsfs logs warnings, and each error it is about to raise with its traceback, which reach stderr through logging's
+# last resort when the program configured no logging; zhdata reports the error itself, in one line.
+logging.getLogger("gcsfs").addHandler(logging.NullHandler())
 
 
 def is_remote(loc: str | Path) -> bool:
@@ -39,24 +45,34 @@ def local(loc: str | Path) -> str | Path:
 
 
 # Errors of the object-store clients that mean this machine cannot reach the store at all (no credentials, an endpoint
-# that does not answer), known by name: importing botocore or google.auth to test for them would load them every run.
+# that does not answer), known by name: importing botocore, aiohttp or google.auth to test for them would load them
+# every run. gcsfs reports a refused connection as aiohttp's error, after its retries.
 _UNREACHABLE = {"NoCredentialsError": "no credentials found", "PartialCredentialsError": "incomplete credentials",
                 "CredentialRetrievalError": "the credentials could not be fetched",
-                "EndpointConnectionError": "its endpoint does not answer",
+                "EndpointConnectionError": "its endpoint does not answer", "ClientConnectorError": "its endpoint does not answer",
                 "DefaultCredentialsError": "no credentials found", "RefreshError": "the credentials could not be refreshed"}
+_CLIENTS = ("botocore", "google", "aiohttp")
+_HINTS = {"gs": "set GOOGLE_APPLICATION_CREDENTIALS or give the machine a service account, and STORAGE_EMULATOR_HOST "
+                "for an emulator",
+          "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, with AWS_ENDPOINT_URL for an S3-compatible store; "
+                "or give the machine a role"}
 
 
 def unreachable(e: BaseException | None, where: str) -> InputError | None:
     """The one-line error for an exception, or one it was raised from (a Ray task's), saying that the object store
     at `where` cannot be reached from here; None for any other exception."""
+    hint = _HINTS.get(where.split("://", 1)[0].replace("gcs", "gs")) or "; ".join(_HINTS.values())
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         for cls in type(e).__mro__:
-            if cls.__name__ in _UNREACHABLE and cls.__module__.split(".")[0] in ("botocore", "google"):
-                return InputError(where, None, f"cannot reach the object store: {_UNREACHABLE[cls.__name__]} ({cls.__name__})",
-                                  "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, with AWS_ENDPOINT_URL for an S3-compatible "
-                                  "store; GOOGLE_APPLICATION_CREDENTIALS for gs://; or give the machine a role")
+            why = None
+            if cls.__name__ in _UNREACHABLE and cls.__module__.split(".")[0] in _CLIENTS:
+                why = f"{_UNREACHABLE[cls.__name__]} ({cls.__name__})"
+            elif cls.__name__ == "HttpError" and cls.__module__.startswith("gcsfs") and getattr(e, "code", None) == 401:
+                why = "no credentials accepted (HTTP 401)"  # gcsfs goes on anonymously when it finds none
+            if why:
+                return InputError(where, None, f"cannot reach the object store: {why}", hint)
         e = e.__cause__ or e.__context__
     return None
 
@@ -252,7 +268,13 @@ def atomic_writer(loc: str | Path) -> Iterator[BinaryIO]:
         except OSError:
             pass
         raise
-    fs.mv(tmp, path)
+    if loc.split("://", 1)[0] in OBJECT_STORES:
+        # the copy and delete a move is here, asked for directly: gcsfs's mv first tries GCS's objects.moveTo, and a
+        # store without it answers 501, which gcsfs retries for about 30 s before copying
+        fs.cp_file(tmp, path)
+        fs.rm_file(tmp)
+    else:
+        fs.mv(tmp, path)
 
 
 def upload(src: Path, loc: str | Path) -> None:
