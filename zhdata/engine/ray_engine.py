@@ -40,10 +40,11 @@ R = TypeVar("R")
 FAULT_ENV = "ZHDATA_FAULT_KILL_ONCE"
 MAX_RETRIES = 3  # runs of a task after its worker died; Ray Data's default for its tasks is -1, forever
 # What the driver hands its tasks so that they reach the same object store: the variables s3fs (botocore) and fsspec
-# read for credentials, region and endpoint. Never names of files (AWS_PROFILE, credential files): another node
-# may not have them.
+# read for credentials, region and endpoint; gcsfs's endpoint (an emulator's, another universe's) and project.
+# Never names of files (AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS): another node may not have them.
 STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-               "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+               "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+               "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_UNIVERSE_DOMAIN", "GOOGLE_CLOUD_PROJECT", "GCSFS_DEFAULT_PROJECT")
 
 
 def storage_env() -> dict[str, str]:
