@@ -9,6 +9,9 @@ import pytest
 # Ray on Linux binds its node to the machine's outward address even when asked for 127.0.0.1; its switch for
 # single-machine clusters (read when Ray is first imported) keeps every Ray process of the tests on the loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# google-auth (under gcsfs) probes the GCE metadata server when it looks for credentials; tests stay on the loopback,
+# and Ray workers started by the tests inherit this too.
+os.environ.setdefault("NO_GCE_CHECK", "true")
 
 
 @pytest.fixture(scope="session")
