@@ -105,6 +105,26 @@ def test_a_task_whose_worker_always_dies_ends_in_a_one_line_error_naming_its_pie
     assert not (tmp_path / "ray" / "manifest.json").exists()
 
 
+def test_tasks_failing_together_leave_one_error_not_rays_unhandled_error_tracebacks(tmp_path):
+    """Every worker failing the same way (an object store none of them reaches): the driver stops at the first error;
+    the others, failed meanwhile and never fetched, are not printed by Ray as "Unhandled error" tracebacks after it.
+    A driver of its own local Ray (2 CPUs), as `--engine ray` without an address starts one."""
+    pytest.importorskip("ray")
+    driver = ("import sys, time\n"
+              "from zhdata.engine.ray_engine import RayEngine\n"
+              "def fails(i):\n"
+              "    time.sleep(0.3)\n"
+              "    raise ConnectionError(f'piece {i}: the store does not answer')\n"
+              "try:\n"
+              "    list(RayEngine(None, 2).map(fails, range(6)))\n"
+              "except Exception as e:\n"
+              "    print('stopped by', type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and "stopped by RayTaskError" in r.stdout, r.stderr[-3000:]
+    assert "Unhandled error" not in r.stderr and "piece" not in r.stderr, r.stderr[-3000:]
+
+
 def _bins(out):
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
 

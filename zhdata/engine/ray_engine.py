@@ -149,6 +149,13 @@ class RayEngine:
         finally:
             for _, ref in pending:  # the command stopped (an error, a user's ^C): no task left running for nothing
                 ray.cancel(ref, force=True)
+            # another task that failed meanwhile (the store unreachable from every worker): its error, never fetched,
+            # would be printed by Ray as an "Unhandled error" traceback after the command's one-line error
+            for _, ref in pending:
+                try:
+                    ray.get(ref, timeout=0)
+                except Exception:
+                    pass
 
     def describe(self) -> dict:
         out: dict[str, Any] = {"engine": "ray", "address": self.address or os.environ.get("RAY_ADDRESS") or "local"}
