@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -41,17 +40,20 @@ def emulator():
     proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
                              "--port", str(port), "--in-memory", "--default-bucket", "bucket"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        for _ in range(400):
             try:
-                urllib.request.urlopen(url + "/", timeout=1).close()  # its health check
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if proc.poll() is not None:
-                    pytest.fail("the storage emulator did not start")
+                    break
                 time.sleep(0.05)
-        yield url
+        else:
+            pytest.fail("the storage emulator did not start listening within 20 s")
+        if proc.poll() is not None:
+            pytest.fail(f"the storage emulator exited with {proc.returncode}")
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
