@@ -1,9 +1,10 @@
 """Every file zhdata opens, lists, renames or deletes, by local path or URI: `s3://`, `gs://`, `hdfs://`, `file://`.
 
 A location is a local path (`str` or `Path`, also `file://...`) or a URI of a remote filesystem, reached through
-fsspec (s3fs for `s3://`, gcsfs for `gs://`, pyarrow for `hdfs://`; credentials from the usual environment:
-`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, ...). Local paths stay `Path`s, so the
-local path never pays for fsspec; remote locations stay URI strings (`Path` would fold `s3://` into `s3:/`).
+fsspec (s3fs for `s3://`, gcsfs for `gs://`, pyarrow for `hdfs://`; credentials and endpoints from the usual
+environment: `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, `STORAGE_EMULATOR_HOST`, ...).
+Local paths stay `Path`s, so the local path never pays for fsspec; remote locations stay URI strings (`Path` would
+fold `s3://` into `s3:/`).
 
 Atomic replacement (`atomic_writer`): locally a temporary name and `os.replace`; elsewhere a temporary key, then
 on an object store (s3://, gs://) a server-side copy to the final key and a delete: the final object appears whole
@@ -49,7 +50,8 @@ def local(loc: str | Path) -> str | Path:
 # every run. gcsfs reports a refused connection as aiohttp's error, after its retries.
 _UNREACHABLE = {"NoCredentialsError": "no credentials found", "PartialCredentialsError": "incomplete credentials",
                 "CredentialRetrievalError": "the credentials could not be fetched",
-                "EndpointConnectionError": "its endpoint does not answer", "ClientConnectorError": "its endpoint does not answer",
+                "EndpointConnectionError": "its endpoint does not answer",
+                "ClientConnectorError": "its endpoint does not answer",
                 "DefaultCredentialsError": "no credentials found", "RefreshError": "the credentials could not be refreshed"}
 _CLIENTS = ("botocore", "google", "aiohttp")
 _HINTS = {"gs": "set GOOGLE_APPLICATION_CREDENTIALS or give the machine a service account, and STORAGE_EMULATOR_HOST "
