@@ -147,13 +147,14 @@ class RayEngine:
             while pending:
                 yield _value(*pending.popleft())
         finally:
-            for _, ref in pending:  # the command stopped (an error, a user's ^C): no task left running for nothing
+            refs = [ref for _, ref in pending]
+            for ref in refs:  # the command stopped (an error, a user's ^C): no task left running for nothing
                 ray.cancel(ref, force=True)
             # another task that failed meanwhile (the store unreachable from every worker): its error, never fetched,
             # would be printed by Ray as an "Unhandled error" traceback after the command's one-line error
-            for _, ref in pending:
+            for ref in ray.wait(refs, num_returns=len(refs), timeout=5)[0] if refs else ():
                 try:
-                    ray.get(ref, timeout=0)
+                    ray.get(ref)
                 except Exception:
                     pass
 
