@@ -7,7 +7,8 @@ real instruction files, plus a run over the real files themselves whose manifest
 The resampled set draws records with replacement and applies light random edits (1-3 substituted
 characters in the prompt and the response, a number appended to the response) so that it is not all
 exact duplicates; near-duplicate prompts remain, as they do in merged community sets. The command runs in
-a child process with every thread pool at 1. Peak memory is that child's maximum resident set, and apart:
+a child process with every thread pool at 1, started through `launch.py` so that its peak is its own, not this
+script's (Linux carries ru_maxrss over fork and exec). Peak memory is that child's maximum resident set, and apart:
 its heap (RssAnon) and its mapped file pages (RssFile: the MinHash signature file read while verifying
 candidate pairs; clean page cache the kernel can reclaim).
 """
@@ -18,9 +19,9 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from launch import command_pid, figures, launched  # noqa: E402
 from zhdata.manifest import read_manifest  # noqa: E402
 from zhdata.readers import expand_inputs, iter_records  # noqa: E402
 
@@ -79,8 +81,11 @@ def build(instruct: Path, rows: int, out: Path, shard_rows: int, seed: int) -> d
     return {"rows": rows, "files": len(files), "bytes": sum(f.stat().st_size for f in files), "pool": len(pool)}
 
 
-def _watch(pid: int, peak: dict, stop: threading.Event) -> None:
-    """Peak heap (RssAnon) and mapped-file pages (RssFile) of a running process, sampled every 0.2 s."""
+def _watch(launcher: int, peak: dict, stop: threading.Event) -> None:
+    """Peak heap (RssAnon) and mapped-file pages (RssFile) of the command a launcher runs, sampled every 0.2 s."""
+    while (pid := command_pid(launcher)) is None:
+        if stop.wait(0.01):
+            return
     while not stop.is_set():
         try:
             status = dict(ln.split(":", 1) for ln in open(f"/proc/{pid}/status") if ":" in ln)
@@ -92,9 +97,11 @@ def _watch(pid: int, peak: dict, stop: threading.Event) -> None:
 
 
 def run_instruct(args: list[str]) -> dict:
-    """Run `zhdata instruct` in a child process; wall time, output table, peak heap and file-page MiB."""
+    """Run `zhdata instruct` in a child process; wall time, output table, wait4 figures, peak heap and file-page MiB."""
+    fd, fig = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "zhdata.cli", "instruct", *args], cwd=ROOT,
+    proc = subprocess.Popen(launched([sys.executable, "-m", "zhdata.cli", "instruct", *args], fig), cwd=ROOT,
                             env={**os.environ, **ONE_CORE}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak: dict = {}
     stop = threading.Event()
@@ -105,27 +112,27 @@ def run_instruct(args: list[str]) -> dict:
     wall = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"zhdata instruct failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"wall_s": round(wall, 1), "table": out, "peak": peak}
+    wait4 = figures(fig)
+    os.unlink(fig)
+    return {"wall_s": round(wall, 1), "table": out, "peak": peak, "wait4": wait4}
 
 
 def measured(args: list[str], out_dir: Path) -> dict:
-    """Run, check that the manifest adds up, and report speed and memory (ru_maxrss: the largest child so far)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run, check that the manifest adds up, and report speed and memory (the child's own CPU and ru_maxrss)."""
     r = run_instruct(args)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     m = read_manifest(out_dir)
     c = m["counts"]
     assert c["records_in"] == c["records_out"] + c["dropped_total"], "manifest does not add up"
     for name, s in m["sources"].items():
         assert s["records_in"] == s["records_out"] + s["dropped_total"], f"source {name} does not add up"
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = r["wait4"]["cpu_s"]
     d = m["instruct"]["dedup"]
     kept_stage = c["records_in"] - sum(v for k, v in c["dropped"].items() if k not in ("exact_dup", "near_dup_prompt"))
     return {
         "records_in": c["records_in"], "records_out": c["records_out"], "dropped": c["dropped"],
         "examples_out": sum(m["instruct"]["examples_out"].values()),
         "wall_s": r["wall_s"], "cpu_s": round(cpu, 1), "rows_per_s": round(c["records_in"] / r["wall_s"]),
-        "rows_per_cpu_s": round(c["records_in"] / cpu), "peak_rss_mib": round(after.ru_maxrss / 1024),
+        "rows_per_cpu_s": round(c["records_in"] / cpu), "peak_rss_mib": round(r["wait4"]["peak_rss_kib"] / 1024),
         "peak_heap_mib": r["peak"].get("RssAnon"), "peak_file_pages_mib": r["peak"].get("RssFile"),
         "timings": m["instruct"]["timings"],
         "band_table_mib": round(kept_stage * d["bands"] * 8 / 2**20, 1),

@@ -8,7 +8,8 @@ scratch disk (TMPDIR) of the run, and that the outputs are the same bytes.
 The store is moto's server (`moto_server`, objects in memory) on 127.0.0.1, started afresh for each command: a
 stand-in for S3 or MinIO with no network cost, so the figures are zhdata's own overhead (uploads, downloads,
 listing, the piece files), not a real store's latency or bandwidth. Every command is a fresh process measured by
-os.wait4 (its CPU and peak RSS); the store's CPU is measured the same way when it is stopped.
+wait4 (its CPU and peak RSS), started through `launch.py` so that its peak is its own, not this script's (Linux
+carries ru_maxrss over fork and exec); the store's CPU and peak are measured the same way when it is stopped.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from launch import figures, launched  # noqa: E402
 from tokenizer.convert import convert_sentencepiece  # noqa: E402
 
 
@@ -59,16 +63,18 @@ def run(argv: list[str], env: dict, tmpdir: Path) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "zhdata.cli", *argv], env={**env, "TMPDIR": str(tmpdir)}, cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fig = tmpdir.parent / f"{tmpdir.name}.wait4.json"
+    p = subprocess.Popen(launched([sys.executable, "-m", "zhdata.cli", *argv], fig), env={**env, "TMPDIR": str(tmpdir)},
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
+    p.wait()
     wall = time.perf_counter() - t
     done.set()
     sampler.join()
-    if os.waitstatus_to_exitcode(status) != 0:
+    if p.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{stderr.decode()[-3000:]}")
-    return {"wall_s": round(wall, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1), "peak_rss_mib": ru.ru_maxrss // 1024,
+    ru = figures(fig)
+    return {"wall_s": round(wall, 1), "cpu_s": round(ru["cpu_s"], 1), "peak_rss_mib": ru["peak_rss_kib"] // 1024,
             "peak_tmpdir_mib": round(peak[0] / 2**20, 1)}
 
 
@@ -77,8 +83,9 @@ class Store:
 
     def __enter__(self) -> "Store":
         port = free_port()
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.figures = Path(tempfile.mkdtemp()) / "store.wait4.json"
+        self.proc = subprocess.Popen(launched([Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", port],
+                                              self.figures), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
         import s3fs
@@ -105,10 +112,12 @@ class Store:
         return {p.rsplit("/", 1)[-1]: self.fs.cat(p) for p in self.fs.find(f"bench/{prefix}")}
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        _, _, ru = os.wait4(self.proc.pid, 0)
-        self.cpu_s = round(ru.ru_utime + ru.ru_stime, 1)
-        self.peak_rss_mib = ru.ru_maxrss // 1024
+        self.proc.terminate()  # the launcher passes it on to the server
+        self.proc.wait()
+        ru = figures(self.figures)
+        shutil.rmtree(self.figures.parent)
+        self.cpu_s = round(ru["cpu_s"], 1)
+        self.peak_rss_mib = ru["peak_rss_kib"] // 1024
 
 
 def compare(case: str, local_cmd: list[str], remote_cmd: list[str], local_out: Path, remote_in: tuple[Path, str],

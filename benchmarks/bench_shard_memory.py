@@ -7,8 +7,9 @@ holds the whole 4-bit model) and 2 ranks with `--shard experts` (each rank holds
 Every rank streams the checkpoint on its own (`train/loader.py`: one 16-bit matrix at a time). On CPU the
 quantized model lives in host memory, so a rank's RSS is its model share plus the loader's transient plus
 activations; on GPUs the model goes to GPU memory and the host keeps the transient. Each rank reports its own
-peak RSS (kernel `ru_maxrss`) and its peak anonymous memory (RssAnon sampled every 5 ms; without the page cache
-of the mapped shards, which the ranks share), plus its expert bytes from the run's setup check.
+peak RSS (its VmHWM; not `ru_maxrss`, which Linux carries over fork and exec, so a rank's would be at least
+torchrun's peak) and its peak anonymous memory (RssAnon sampled every 5 ms; without the page cache of the mapped
+shards, which the ranks share), plus its expert bytes from the run's setup check.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_train_memory import GiB, REPO, anon_peak, write
+from bench_train_memory import GiB, REPO, anon_peak, proc_status, write
 
 # Half the width of bench_train_memory's model, so three CPU runs (four processes) end in minutes.
 DIMS = dict(vocab_size=32000, hidden_size=512, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=8,
@@ -46,7 +46,7 @@ def rank(work: Path, shard: str, tag: str) -> None:
         assert main(["run", "--model", str(work / "model"), "--data", str(work / "packed"), "--tokenizer",
                      str(work / "tok"), "--output-dir", str(work / f"run-{tag}"), "--shard", shard, *RUN_FLAGS]) == 0
     r = int(os.environ.get("RANK", "0"))
-    out = {"rank": r, "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 3),
+    out = {"rank": r, "peak_rss_gib": round(proc_status("VmHWM") / GiB, 3),
            "peak_anon_gib": round(m["peak"] / GiB, 3), "anon_after_imports_gib": round(m["base"] / GiB, 3)}
     (work / f"rss-{tag}-{r}.json").write_text(json.dumps(out))
 

@@ -24,15 +24,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sentencepiece as spm  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from launch import figures, launched  # noqa: E402
 from tokenizer.corpus import iter_texts, sample_texts  # noqa: E402
 from tokenizer.parity import compare  # noqa: E402
 from tokenizer.reach import unreachable  # noqa: E402
@@ -50,13 +51,19 @@ def bench_extend(a: argparse.Namespace) -> dict:
             while block := fh.read(1 << 24):
                 size += len(block)
     cmd = [CLI, "extend", "--base", a.base, "--corpus", *a.corpus, "--add", str(a.add), "-o", a.out]
+    fd, fig = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+    # through launch.py: Linux carries ru_maxrss over fork and exec, so a child started here would report this
+    # script's peak if that were larger than its own
+    subprocess.run(launched(cmd, fig), check=True, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    peak_kib = figures(fig)["peak_rss_kib"]
+    os.unlink(fig)
     m = read_manifest(a.out)
     res = {"corpus_bytes": size, "corpus_chars": m["corpus"]["chars"], "add": a.add, "wall_s": round(wall, 1),
            "train_s": m["source_model"]["seconds"], "select_write_verify_s": m["extension"]["seconds"],
-           "max_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024), "cores": os.cpu_count(),
+           "max_rss_mb": round(peak_kib / 1024), "cores": os.cpu_count(),
            "checks": {k: v for k, v in m["checks"].items() if k != "parity_examples"}}
     print(f"| corpus | chars | --add | wall | of which reading + SentencePiece training | select + write + verify | peak RSS |\n|---|---|---|---|---|---|---|\n"
           f"| {size / 1e6:.0f} MB | {res['corpus_chars']:,} | {a.add:,} | {wall:.0f} s | {res['train_s']:.0f} s | "

@@ -11,7 +11,8 @@ The model's embeddings and LM head (vocab 32000 x hidden 1024) are 7.4% of its p
 meaningful then: the packed data holds ids of the 32000-token tokenizer).
 
 Each phase runs in a fresh process and its peak RSS is the kernel's (`wait4` ru_maxrss), so phases do not
-share allocator state. Phases: `ours-load` (streaming load; peak anonymous memory above the imports, sampled
+share allocator state; the process is started through `launch.py`, so that its peak is its own (Linux carries
+ru_maxrss over fork and exec). Phases: `ours-load` (streaming load; peak anonymous memory above the imports, sampled
 every 5 ms from /proc/self/status; also the loaded model's own share and the transient above it), `ours-run` (2-step `train run`), `plain-run` (from_pretrained with
 BitsAndBytesConfig 4-bit: attention NF4, experts left bf16 as transformers 5 does; peft LoRA with the same
 rank on q/k/v/o and, through `target_parameters`, on the experts; the same 2 steps), `ours-merge`
@@ -30,6 +31,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from launch import figures, launched
 
 GiB = 2**30
 WIDE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=8,
@@ -95,8 +98,8 @@ def write(work: Path, dims: dict = WIDE) -> None:
     print(json.dumps({"checkpoint_bytes_bf16": total, "shards": len(groups), "tensors": len(shapes)}))
 
 
-def _proc_status(field: str = "RssAnon") -> int:
-    """A memory field of /proc/self/status in bytes (RssAnon: anonymous, RssFile: mapped files)."""
+def proc_status(field: str = "RssAnon") -> int:
+    """A memory field of /proc/self/status in bytes (RssAnon: anonymous, RssFile: mapped files, VmHWM: peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
@@ -107,12 +110,12 @@ def _proc_status(field: str = "RssAnon") -> int:
 def anon_peak():
     """Anonymous memory (RssAnon) of this process around the block, sampled every 5 ms: yields a dict that holds
     `base` at entry, and `after` and `peak` (the highest sample, at least `after`) once the block has run."""
-    m = {"base": _proc_status()}
+    m = {"base": proc_status()}
     peak, stop = [m["base"]], threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _proc_status())
+            peak[0] = max(peak[0], proc_status())
             time.sleep(0.005)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -122,7 +125,7 @@ def anon_peak():
     finally:
         stop.set()
         t.join()
-        m["after"] = _proc_status()
+        m["after"] = proc_status()
         m["peak"] = max(peak[0], m["after"])
 
 
@@ -134,11 +137,11 @@ def phase(name: str, work: Path) -> None:
 
         from train.model import load_quantized
         from train.quant import MOE_ADAPTER_NAMES, module_type, setup_summary
-        file_base = _proc_status("RssFile")
+        file_base = proc_status("RssFile")
         with anon_peak() as m:  # as `train run` with RUN_FLAGS loads it: LoRA r=16 on experts and router, embeddings frozen
             model = load_quantized(work / "model", torch.device("cpu"), torch.float32, lora_r=16, lora_alpha=32,
                                    progress=False, frozen_embeddings=True)
-        file_after = _proc_status("RssFile")
+        file_after = proc_status("RssFile")
         kinds = {"nf4": 0, "embeddings_lm_head": 0, "lora": 0, "other": 0}  # the loaded model's own tensors
         for n, p in model.named_parameters():
             if not isinstance(p, bnb.nn.Params4bit):
@@ -199,14 +202,15 @@ def measure(work: Path, phases: tuple[str, ...] = PHASES) -> None:
     res: dict = {"checkpoint_bf16_gib": round(size / GiB, 3)}
     for name in phases:
         t = time.time()
-        p = subprocess.Popen([sys.executable, __file__, "phase", name, str(work)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        fig = work / f"{name}.wait4.json"
+        p = subprocess.Popen(launched([sys.executable, __file__, "phase", name, work], fig), stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         out = p.stdout.read()
-        _, status, usage = os.wait4(p.pid, 0)
-        if status != 0:
-            raise SystemExit(f"phase {name} failed ({status})")
-        res[name] = {"peak_rss_gib": round(usage.ru_maxrss * 1024 / GiB, 3), "wall_s": round(time.time() - t, 1),
-                     "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_avg_1min": round(os.getloadavg()[0], 2)}
+        if p.wait() != 0:
+            raise SystemExit(f"phase {name} failed ({p.returncode})")
+        usage = figures(fig)
+        res[name] = {"peak_rss_gib": round(usage["peak_rss_kib"] * 1024 / GiB, 3), "wall_s": round(time.time() - t, 1),
+                     "cpu_s": round(usage["cpu_s"], 1), "load_avg_1min": round(os.getloadavg()[0], 2)}
         for line in out.splitlines():  # a phase's own figures: its JSON line (train run prints its setup too)
             if line.startswith("{"):
                 res[name].update({k: round(v / GiB, 3) for k, v in json.loads(line).items()})
