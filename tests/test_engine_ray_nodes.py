@@ -77,7 +77,19 @@ class TwoNodes:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(s3):
+def store(s3):
+    """test_uris's moto server, left as test_uris's own fixture expects to find it: moto keeps the buckets of every
+    server in this process in one store (emptied), and fsspec keeps the S3 filesystems zhdata opened, with this
+    server's endpoint (dropped)."""
+    yield s3
+    s3.rm("bucket", recursive=True)
+    s3.invalidate_cache()
+    assert not s3.ls("")
+    type(s3).clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(store):
     """The cluster, started after the moto server but with none of its settings in the environment."""
     tmp = tempfile.mkdtemp(prefix="zr-", dir="/tmp")  # short: Ray's socket paths lie under it
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
@@ -99,8 +111,8 @@ def two_nodes(s3):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _same_files(s3, want: str, got: str, suffix: str) -> dict:
-    a, b = remote_files(s3, want), remote_files(s3, got)
+def _same_files(store, want: str, got: str, suffix: str) -> dict:
+    a, b = remote_files(store, want), remote_files(store, got)
     assert sorted(a) == sorted(b) and any(k.endswith(suffix) for k in a)
     for k in a:
         if k.endswith(suffix):
@@ -110,8 +122,8 @@ def _same_files(s3, want: str, got: str, suffix: str) -> dict:
     return mb
 
 
-def test_clean_dedupe_and_pack_on_two_nodes_equal_the_local_engine_and_use_both_nodes(s3, two_nodes, tok_dir, tmp_path):
-    src = upload(s3, corpus(tmp_path / "corpus"), "bucket/nodes-in")
+def test_clean_dedupe_and_pack_on_two_nodes_equal_the_local_engine_and_use_both_nodes(store, two_nodes, tok_dir, tmp_path):
+    src = upload(store, corpus(tmp_path / "corpus"), "bucket/nodes-in")
     pack = ["--tokenizer", str(tok_dir), *PACK]
 
     def steps(out):  # clean, dedupe and pack, each reading the last one's output
@@ -124,7 +136,7 @@ def test_clean_dedupe_and_pack_on_two_nodes_equal_the_local_engine_and_use_both_
     ran_on: dict[str, list] = {}
     for argv, (step, suffix) in zip(steps("ray"), (("clean", ".parquet"), ("dedup", ".parquet"), ("pt", ".bin"))):
         r, tasks = two_nodes.run(argv)
-        m = _same_files(s3, f"bucket/local-{step}", f"bucket/ray-{step}", suffix)
+        m = _same_files(store, f"bucket/local-{step}", f"bucket/ray-{step}", suffix)
         ran_on[argv[0]] = [node for _, node, _ in tasks]
         if argv[0] == "clean":
             assert sorted(f for f, _, _ in tasks).count("_run") == FILES  # a piece per file, a task per piece
