@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -49,8 +50,8 @@ def corpus(folder: Path) -> Path:
 
 
 class TwoNodes:
-    def __init__(self, proc: subprocess.Popen, info: dict):
-        self.proc, self.address, self.nodes = proc, info["address"], set(info["nodes"])
+    def __init__(self, proc: subprocess.Popen, info: dict, auth: dict[str, str]):
+        self.proc, self.address, self.nodes, self.auth = proc, info["address"], set(info["nodes"]), auth
 
     def tasks(self) -> dict[str, list]:
         """{job id: [[function, node id, state], ...]} of every job so far (Ray's state API, asked by the holder)."""
@@ -61,7 +62,7 @@ class TwoNodes:
     def run(self, argv: list[str]) -> tuple[subprocess.CompletedProcess, list]:
         """`zhdata ARGV --engine ray --ray-address` this cluster in a subprocess; its result and its job's tasks."""
         before = set(self.tasks())
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.auth}
         r = subprocess.run([sys.executable, "-m", "zhdata.cli", *argv, "--engine", "ray", "--ray-address", self.address],
                            capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -90,15 +91,17 @@ def store(s3):
 
 @pytest.fixture(scope="module")
 def two_nodes(store):
-    """The cluster, started after the moto server but with none of its settings in the environment."""
+    """The cluster, with token authentication (as the README starts one), started after the moto server but with none
+    of its settings in the environment."""
     tmp = tempfile.mkdtemp(prefix="zr-", dir="/tmp")  # short: Ray's socket paths lie under it
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "ray_two_nodes.py")], env={**env, "RAY_TMPDIR": tmp},
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "ray_two_nodes.py")],
+                            env={**env, **auth, "RAY_TMPDIR": tmp}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line, "the two-node cluster did not start"
-        cluster = TwoNodes(proc, json.loads(line))
+        cluster = TwoNodes(proc, json.loads(line), auth)
         assert len(cluster.nodes) == 2 and cluster.address.startswith("127.0.0.1:")
         yield cluster
     finally:
@@ -166,3 +169,16 @@ def test_local_paths_on_two_nodes_are_named_in_one_warning(two_nodes, tmp_path):
     shards = sorted(p.name for p in (tmp_path / "local").glob("*.parquet"))
     assert len(shards) == FILES and all(
         (tmp_path / "local" / n).read_bytes() == (tmp_path / "ray" / n).read_bytes() for n in shards)
+
+
+def test_a_driver_without_the_clusters_token_is_told_what_it_lacks(two_nodes, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env.update(HOME=str(tmp_path), RAY_gcs_server_port_wait_time_s="1")  # no token on disk; one try, not Ray's 20
+    r = subprocess.run([sys.executable, "-m", "zhdata.cli", "clean", "--sample", "-o", str(tmp_path / "out"), "--engine", "ray",
+                        "--ray-address", two_nodes.address, "--no-progress"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.splitlines()[-1] == (
+        f"zhdata clean: error: --ray-address: cannot reach a Ray cluster at {two_nodes.address}: Failed to connect to Ray "
+        f"cluster at {two_nodes.address} (start one with `ray start --head`, or leave --ray-address out for a local Ray; "
+        "a cluster with token authentication also needs RAY_AUTH_MODE=token here, and its token (~/.ray/auth_token or "
+        "RAY_AUTH_TOKEN))"), r.stderr

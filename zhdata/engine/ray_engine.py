@@ -75,8 +75,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **local: A
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                      runtime_env=runtime_env, **local)
     except ConnectionError as e:
+        # Ray sends a token only where RAY_AUTH_MODE=token (or, for `auto`, where one is on disk); a cluster with
+        # token authentication refuses the rest, which Ray reports as an unreachable cluster after ~20 s of retries
+        auth = "" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else (
+            "; a cluster with token authentication also needs RAY_AUTH_MODE=token here, and its token "
+            "(~/.ray/auth_token or RAY_AUTH_TOKEN)")
         raise InputError("--ray-address", None, f"cannot reach a Ray cluster at {address}: {e}",
-                         "start one with `ray start --head`, or leave --ray-address out for a local Ray") from None
+                         f"start one with `ray start --head`, or leave --ray-address out for a local Ray{auth}") from None
 
 
 def remote(fn: Callable, num_returns: int = 1) -> Any:
