@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -289,3 +290,41 @@ def test_an_unreachable_store_or_a_missing_bucket_is_a_one_line_error(s3, tmp_pa
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert len(r.stderr.strip().splitlines()) == 1 and want in r.stderr, r.stderr
+
+
+def test_a_store_that_refuses_the_credentials_is_a_one_line_error(tmp_path):
+    """A store that checks keys (moto with authentication on) answers 403 to unknown ones: s3fs raises
+    PermissionError, and the user gets one line naming the location, exit 2. A local PermissionError is not the
+    store's: it is not turned into that message."""
+    from zhdata import fs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail("moto_server exited")
+                time.sleep(0.1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_EC2_METADATA_DISABLED="true", AWS_ACCESS_KEY_ID="unknown", AWS_SECRET_ACCESS_KEY="unknown",
+                   AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+        r = subprocess.run([sys.executable, "-m", "zhdata.cli", "clean", "s3://bucket/in", "-o", str(tmp_path / "o"),
+                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "s3://bucket/in: the object store refused access" in r.stderr, r.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    try:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "o"))
+    except PermissionError as e:
+        assert fs.unreachable(e, "s3://bucket/in") is None

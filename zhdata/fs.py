@@ -62,7 +62,7 @@ _HINTS = {"gs": "set GOOGLE_APPLICATION_CREDENTIALS or give the machine a servic
 
 def unreachable(e: BaseException | None, where: str) -> InputError | None:
     """The one-line error for an exception, or one it was raised from (a Ray task's), saying that the object store
-    at `where` cannot be reached from here; None for any other exception."""
+    at `where` cannot be reached from here or refuses access (HTTP 403); None for any other exception."""
     hint = _HINTS.get(where.split("://", 1)[0].replace("gcs", "gs")) or "; ".join(_HINTS.values())
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
@@ -75,8 +75,22 @@ def unreachable(e: BaseException | None, where: str) -> InputError | None:
                 why = "no credentials accepted (HTTP 401)"  # gcsfs goes on anonymously when it finds none
             if why:
                 return InputError(where, None, f"cannot reach the object store: {why}", hint)
+        if _refused(e):
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), "Forbidden")
+            return InputError(where, None, f"the object store refused access ({first})",
+                              "check that these credentials may read the inputs and write the output there")
         e = e.__cause__ or e.__context__
     return None
+
+
+def _refused(e: BaseException) -> bool:
+    """HTTP 403 from the store, as the fsspec client raised it: s3fs's PermissionError (a bad key, no permission),
+    gcsfs's plain OSError "Forbidden" (its only form for 403); never a local file's PermissionError."""
+    import traceback
+
+    if not (isinstance(e, PermissionError) or (type(e) is OSError and str(e).startswith("Forbidden"))):
+        return False
+    return any(f.f_globals.get("__name__", "").split(".")[0] in ("s3fs", "gcsfs") for f, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _fs(loc: str) -> tuple[Any, str]:
