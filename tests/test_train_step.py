@@ -71,3 +71,15 @@ def test_step_loss_is_lm_plus_coef_times_aux(tiny, coef):
     assert record["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
     assert record["tokens"] == 48 and record["chars"] > 0
 
+
+
+def test_wrapping_the_model_in_adapters_prints_no_deprecation_warning(tiny):
+    """peft reads transformers 5's deprecated `is_gradient_checkpointing`: its FutureWarning is not the user's."""
+    import warnings
+
+    cfg = RunConfig(model=str(tiny["model"]), data="-", output_dir="-", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                    gradient_checkpointing=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        setup_model(cfg, CPU, Path(cfg.model), Manifest("test", {}), progress=False)
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)], [str(w.message) for w in seen]

@@ -14,7 +14,8 @@ A `train run` output folder holds (see `save_adapter`):
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -95,6 +96,15 @@ def peft_config(cfg: RunConfig, new_token_ids: list[int] | None, inference: bool
                       target_modules=cfg.linear_targets, task_type="CAUSAL_LM", inference_mode=inference, **kwargs)
 
 
+@contextmanager
+def _peft_wrapping():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: its FutureWarning
+    is peft's to fix, not the user's, and would print on every run, eval and generate."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
+
+
 def attach_adapters(model, cfg: RunConfig, new_token_ids: list[int] | None = None) -> PeftModel:
     """peft LoRA on the linear targets (+ embedding rows); our expert/router factors made trainable."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.get_decoder().layers.named_modules()}
@@ -104,7 +114,8 @@ def attach_adapters(model, cfg: RunConfig, new_token_ids: list[int] | None = Non
                          hint=f"modules of a decoder layer: {', '.join(sorted(p for p in present if p and not p.isdigit()))}")
     if not cfg.linear_targets:
         raise InputError(cfg.model, None, "lora_targets needs at least one linear module (e.g. q_proj) for peft")
-    pm = get_peft_model(model, peft_config(cfg, new_token_ids))
+    with _peft_wrapping():
+        pm = get_peft_model(model, peft_config(cfg, new_token_ids))
     enable_moe_adapters(pm)
     return pm
 
@@ -250,7 +261,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", progress: 
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(rows["embed_tokens"])
             model.get_output_embeddings().weight.copy_(rows["lm_head"])
-    pm = PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR, is_trainable=False)
+    with _peft_wrapping():
+        pm = PeftModel.from_pretrained(model, run_dir / ADAPTER_DIR, is_trainable=False)
     load_moe_adapter_state(pm, load_file(run_dir / ADAPTER_DIR / MOE_FILE))
     tokenizer = AutoTokenizer.from_pretrained(run_dir / TOKENIZER_DIR)
     return pm.eval(), tokenizer
