@@ -13,6 +13,7 @@ import argparse
 import io
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +91,8 @@ def read_texts(path: str | Path, field: str, rows: np.ndarray | None = None) -> 
 
     rows = np.asarray(rows, dtype=np.int64)
     out: list[str] = [""] * len(rows)
-    with pq.ParquetFile(fs.readable(path)) as pf:
+    src = fs.readable(path)
+    with pq.ParquetFile(src) as pf, (nullcontext() if isinstance(src, Path) else src):  # a remote file is closed too
         if field not in pf.schema_arrow.names:
             raise InputError(path, None, f"no column {field!r}", "choose it with --text-field")
         ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
