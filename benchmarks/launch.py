@@ -6,7 +6,8 @@ Linux carries ru_maxrss over fork and exec: a new process starts from its parent
 command started directly by a benchmark that has grown to 400 MB reports at least 400 MB whatever it used.
 Started from this launcher (about 10 MB, stdlib only), a command's ru_maxrss is its own peak, or that of the
 largest child it waited for, as long as that is above the launcher's own few MB (`launcher_peak_kib`).
-SIGTERM is passed on to the command; the launcher exits with the command's exit code.
+SIGTERM is passed on to the command; the launcher exits with the command's exit code (128 + N when signal N
+killed it).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main() -> None:
     with open(out, "w") as f:
         json.dump({"pid": p.pid, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kib": ru.ru_maxrss,
                    "launcher_peak_kib": _hwm_kib(), "inherited_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, f)
-    sys.exit(os.waitstatus_to_exitcode(status))
+    code = os.waitstatus_to_exitcode(status)
+    sys.exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell reports it
 
 
 def _hwm_kib() -> int:

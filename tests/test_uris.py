@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import polars as pl
@@ -321,6 +322,22 @@ def test_a_store_that_refuses_the_credentials_is_a_one_line_error(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "s3://bucket/in: the object store refused access" in r.stderr, r.stderr
+        # raised in a worker process or a Ray task: its frames stay there, its traceback comes back as text
+        import pickle
+        from multiprocessing.pool import ExceptionWithTraceback
+
+        from ray.exceptions import RayTaskError
+
+        store = s3fs.S3FileSystem(key="unknown", secret="unknown", skip_instance_cache=True,
+                                  client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"], "region_name": "us-east-1"})
+        with pytest.raises(PermissionError) as refused:
+            store.cat("bucket/in")
+        from_pool = pickle.loads(pickle.dumps(ExceptionWithTraceback(refused.value, refused.value.__traceback__)))
+        from_ray = RayTaskError("_run", "".join(traceback.format_exception(refused.value)), refused.value).as_instanceof_cause()
+        for e in (from_pool, from_ray):
+            assert e.__traceback__ is None or not any("s3fs" in f.f_code.co_filename for f, _ in traceback.walk_tb(e.__traceback__))
+            err = fs.unreachable(e, "s3://bucket/in")
+            assert err is not None and "refused access" in str(err), type(e)
     finally:
         server.terminate()
         server.wait(timeout=30)

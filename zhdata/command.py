@@ -54,7 +54,8 @@ def run(prog: str, description: str, commands: Sequence[Command], argv: Sequence
     except Exception as e:  # an object store this machine cannot reach: the user's setup, not a bug
         values = [x for v in vars(args).values() for x in (v if isinstance(v, list) else [v])]
         uris = [x for x in values if isinstance(x, str) and fs.is_remote(x)]
-        if (err := fs.unreachable(e, uris[0] if uris else "(object store)")) is None:
+        where = " or ".join(dict.fromkeys(uris)) or "(object store)"  # which of them refused, the client rarely says
+        if (err := fs.unreachable(e, where)) is None:
             raise
         print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
         return 2

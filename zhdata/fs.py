@@ -85,12 +85,16 @@ def unreachable(e: BaseException | None, where: str) -> InputError | None:
 
 def _refused(e: BaseException) -> bool:
     """HTTP 403 from the store, as the fsspec client raised it: s3fs's PermissionError (a bad key, no permission),
-    gcsfs's plain OSError "Forbidden" (its only form for 403); never a local file's PermissionError."""
+    gcsfs's plain OSError "Forbidden" (its only form for 403); never a local file's PermissionError. Raised here, its
+    frames say so; raised in a worker process or Ray task, the traceback that came back as text does."""
     import traceback
 
-    if not (isinstance(e, PermissionError) or (type(e) is OSError and str(e).startswith("Forbidden"))):
+    text = f"{e}\n{e.__cause__ or ''}"  # with Ray's RayTaskError text or multiprocessing's RemoteTraceback (the cause)
+    if not (isinstance(e, PermissionError) or (isinstance(e, OSError) and "Forbidden" in text)):
         return False
-    return any(f.f_globals.get("__name__", "").split(".")[0] in ("s3fs", "gcsfs") for f, _ in traceback.walk_tb(e.__traceback__))
+    if any(f.f_globals.get("__name__", "").split(".")[0] in ("s3fs", "gcsfs") for f, _ in traceback.walk_tb(e.__traceback__)):
+        return True
+    return any(f"{os.sep}{client}{os.sep}" in text for client in ("s3fs", "gcsfs"))
 
 
 def _fs(loc: str) -> tuple[Any, str]:
@@ -287,8 +291,13 @@ def atomic_writer(loc: str | Path) -> Iterator[BinaryIO]:
     if loc.split("://", 1)[0] in OBJECT_STORES:
         # the copy and delete a move is here, asked for directly: gcsfs's mv first tries GCS's objects.moveTo, and a
         # store without it answers 501, which gcsfs retries for about 30 s before copying
-        fs.cp_file(tmp, path)
-        fs.rm_file(tmp)
+        try:
+            fs.cp_file(tmp, path)
+        finally:
+            try:
+                fs.rm_file(tmp)
+            except OSError:  # a store that lets us write but not delete: the output is in place all the same
+                pass
     else:
         fs.mv(tmp, path)
 

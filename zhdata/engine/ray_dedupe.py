@@ -42,7 +42,7 @@ from .. import fs
 from ..lsh import UnionFind, equal_key_pairs
 
 ROWS_PER_PARTITION = 1_000_000  # (band, key, document) rows per stage-2 task: 16 MB of pairs, one band at a time linked
-MAX_TASKS = 512  # shard groups and partitions each: the shuffle's objects (groups x partitions) stay under 262,144
+MAX_TASKS = 512  # shard groups and partitions each: each shuffle stage makes at most 512 x 512 = 262,144 objects
 
 
 def key_rows(caches: list[str], starts: list[int], exact: bool, partitions: int) -> tuple[dict[str, np.ndarray], ...]:
@@ -139,7 +139,7 @@ def ray_clusters(caches: list[str | Path], shards: list[str | Path], offsets: np
     import ray
 
     from ..dedupe import Clusters
-    from .ray_engine import fault_from_env, get, init_ray, remote
+    from .ray_engine import cancel_and_drain, fault_from_env, get, init_ray, remote
 
     init_ray(address, workers)
     n = int(offsets[-1])
@@ -158,9 +158,13 @@ def ray_clusters(caches: list[str | Path], shards: list[str | Path], offsets: np
              for i in range(len(groups))]
     del links
     docs, roots, exact = [], [], []
-    for g, ref in zip(groups, comps):
+    for i, (g, ref) in enumerate(zip(groups, comps)):
         what = shards[g.start] if len(g) == 1 else f"{shards[g.start]} to {fs.name(shards[g[-1]])}"
-        part = get(ref, f"{what} (dedupe's global step: its links)")
+        try:
+            part = get(ref, f"{what} (dedupe's global step: its links)")
+        except BaseException:
+            cancel_and_drain(comps[i + 1:])
+            raise
         docs.append(part["doc"])
         roots.append(part["root"])
         exact.append(np.asarray(part["exact"], dtype=bool))

@@ -104,6 +104,19 @@ def get(ref: Any, what: str) -> Any:
                          "give workers more memory or use smaller pieces") from None
 
 
+def cancel_and_drain(refs: list) -> None:
+    """Cancel the tasks of `refs` (the command stopped: an error, a user's ^C; no task left running for nothing) and
+    fetch the errors of those that failed meanwhile (the store unreachable from every worker): never fetched, Ray
+    would print each as an "Unhandled error" traceback after the command's one-line error."""
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    for ref in ray.wait(refs, num_returns=len(refs), timeout=5)[0] if refs else ():
+        try:
+            ray.get(ref)
+        except Exception:
+            pass
+
+
 def fault_from_env(stage: str = "map") -> tuple[int, str] | None:
     """The fault to inject into `stage` (ZHDATA_FAULT_KILL_ONCE), read in the driver and handed to the tasks."""
     spec = os.environ.get(FAULT_ENV)
@@ -152,16 +165,7 @@ class RayEngine:
             while pending:
                 yield _value(*pending.popleft())
         finally:
-            refs = [ref for _, ref in pending]
-            for ref in refs:  # the command stopped (an error, a user's ^C): no task left running for nothing
-                ray.cancel(ref, force=True)
-            # another task that failed meanwhile (the store unreachable from every worker): its error, never fetched,
-            # would be printed by Ray as an "Unhandled error" traceback after the command's one-line error
-            for ref in ray.wait(refs, num_returns=len(refs), timeout=5)[0] if refs else ():
-                try:
-                    ray.get(ref)
-                except Exception:
-                    pass
+            cancel_and_drain([ref for _, ref in pending])
 
     def describe(self) -> dict:
         out: dict[str, Any] = {"engine": "ray", "address": self.address or os.environ.get("RAY_ADDRESS") or "local"}
