@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -87,6 +88,72 @@ def same_run(manifest_a: bytes, manifest_b: bytes) -> None:
     a, b = json.loads(manifest_a), json.loads(manifest_b)
     assert a["counts"] == b["counts"] and a["sources"] == b["sources"]
     assert [i["sha256"] for i in a["inputs"]] == [i["sha256"] for i in b["inputs"]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(argv: list[str], port: int, env: dict[str, str] | None = None):
+    """A server process (`argv`, listening on 127.0.0.1:`port`) started and waited for; stopped on exit."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(400):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"{argv[0]} exited with {proc.returncode}")
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"{argv[0]} did not start listening within 20 s")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def interrupted_pack_resumes(store, src: str, out: str, args: list[str], tmp_path: Path, monkeypatch, capsys,
+                             between=None) -> None:
+    """`zhdata pack src -o out` (a store's URIs) stopped after three pieces, then run again: only the other seven
+    are packed, and the store holds the files a local pack of `tmp_path/sft` writes. `between()` runs in between."""
+    import zhdata.pack.packer as packer
+
+    assert main(["pack", str(tmp_path / "sft"), "-o", str(tmp_path / "packed"), *args]) == 0
+    encode, calls = packer.encode_piece, []
+
+    def dies_at_the_fourth(task):
+        calls.append(task)
+        if len(calls) == 4:
+            raise RuntimeError("driver killed")
+        return encode(task)
+
+    monkeypatch.setattr(packer, "encode_piece", dies_at_the_fourth)
+    with pytest.raises(RuntimeError, match="driver killed"):
+        main(["pack", src, "-o", out, *args])
+    prefix = out.split("://", 1)[1]
+    left = remote_files(store, prefix)
+    assert sorted(k for k in left if not k.startswith(".pack-work/piece-0")) == [".pack-work/plan.json"]
+    assert sorted(k for k in left if k.endswith(".json") and "piece" in k) == [
+        f".pack-work/piece-{i:06d}.json" for i in range(3)]  # three pieces finished on the store, nothing else
+    capsys.readouterr()
+    if between is not None:
+        between()
+    calls.clear()
+    monkeypatch.setattr(packer, "encode_piece", lambda task: calls.append(task) or encode(task))
+    assert main(["pack", src, "-o", out, *args]) == 0
+    assert len(calls) == 7  # the three finished pieces were not packed again
+    assert "resuming: 3 of 10 pieces already packed" in capsys.readouterr().out
+    want, got = local_files(tmp_path / "packed"), remote_files(store, prefix)
+    assert sorted(want) == sorted(got)  # the bins and the manifest: no lock, no work folder left
+    assert all(got[k] == want[k] for k in want if k.endswith(".bin"))
+    assert len(want["train.tokens.bin"]) > 100 and len(want["val.tokens.bin"]) > 0
+    a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
+    assert a["counts"] == b["counts"] and a["pack"] == b["pack"]
 
 
 CLEAN = ["--workers", "2", "--no-progress", "--min-chars", "20", "--piece-mb", "1"]
@@ -197,40 +264,16 @@ def test_instruct_and_pack_read_and_write_s3_like_local(s3, tok_dir, tmp_path):
 
 
 def test_an_interrupted_pack_to_s3_resumes_from_the_pieces_on_the_store(s3, tok_dir, tmp_path, monkeypatch, capsys):
-    import zhdata.pack.packer as packer
-
     assert main(["instruct", str(INSTRUCT_FIX), "-o", str(tmp_path / "sft"), *INSTRUCT]) == 0  # 10 parts: 10 pieces
     src = upload(s3, tmp_path / "sft", "bucket/resume-in")
     args = ["--tokenizer", str(tok_dir), "--mode", "sft", "--block-size", "64", "--val-fraction", "0.3", "-q"]
-    assert main(["pack", str(tmp_path / "sft"), "-o", str(tmp_path / "packed"), *args]) == 0
-    encode, calls = packer.encode_piece, []
 
-    def dies_at_the_fourth(task):
-        calls.append(task)
-        if len(calls) == 4:
-            raise RuntimeError("driver killed")
-        return encode(task)
+    def other_settings_are_refused():
+        other = [*args[:5], "128", *args[6:]]  # --block-size 128: another run, refused
+        assert main(["pack", src, "-o", "s3://bucket/packed", *other]) == 2
+        assert "holds an unfinished pack of other inputs or settings: options differ: block_size 64" in capsys.readouterr().err
 
-    monkeypatch.setattr(packer, "encode_piece", dies_at_the_fourth)
-    with pytest.raises(RuntimeError, match="driver killed"):
-        main(["pack", src, "-o", "s3://bucket/packed", *args])
-    left = remote_files(s3, "bucket/packed")
-    assert sorted(k for k in left if not k.startswith(".pack-work/piece-0")) == [".pack-work/plan.json"]
-    assert sorted(k for k in left if k.endswith(".json") and "piece" in k) == [
-        f".pack-work/piece-{i:06d}.json" for i in range(3)]  # three pieces finished on the store, nothing else
-    capsys.readouterr()
-    other = [*args[:5], "128", *args[6:]]  # --block-size 128: another run, refused
-    assert main(["pack", src, "-o", "s3://bucket/packed", *other]) == 2
-    assert "holds an unfinished pack of other inputs or settings: options differ: block_size 64" in capsys.readouterr().err
-    calls.clear()
-    monkeypatch.setattr(packer, "encode_piece", lambda task: calls.append(task) or encode(task))
-    assert main(["pack", src, "-o", "s3://bucket/packed", *args]) == 0
-    assert len(calls) == 7  # the three finished pieces were not packed again
-    assert "resuming: 3 of 10 pieces already packed" in capsys.readouterr().out
-    want, got = local_files(tmp_path / "packed"), remote_files(s3, "bucket/packed")
-    assert sorted(want) == sorted(got) and all(got[k] == want[k] for k in want if k.endswith(".bin"))
-    a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
-    assert a["counts"] == b["counts"] and a["pack"] == b["pack"]
+    interrupted_pack_resumes(s3, src, "s3://bucket/packed", args, tmp_path, monkeypatch, capsys, other_settings_are_refused)
 
 
 def test_training_data_on_an_object_store_is_refused_with_how_to_copy_it_down():
@@ -299,21 +342,9 @@ def test_a_store_that_refuses_the_credentials_is_a_one_line_error(tmp_path):
     store's: it is not turned into that message."""
     from zhdata import fs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail("moto_server exited")
-                time.sleep(0.1)
+    port = free_port()
+    with serving([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port,
+                 env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_EC2_METADATA_DISABLED="true", AWS_ACCESS_KEY_ID="unknown", AWS_SECRET_ACCESS_KEY="unknown",
                    AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
@@ -338,9 +369,6 @@ def test_a_store_that_refuses_the_credentials_is_a_one_line_error(tmp_path):
             assert e.__traceback__ is None or not any("s3fs" in f.f_code.co_filename for f, _ in traceback.walk_tb(e.__traceback__))
             err = fs.unreachable(e, "s3://bucket/in")
             assert err is not None and "refused access" in str(err), type(e)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     try:
         raise PermissionError(13, "Permission denied", str(tmp_path / "o"))
     except PermissionError as e:

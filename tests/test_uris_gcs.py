@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,39 +23,17 @@ pytest.importorskip("gcp_storage_emulator")
 gcsfs = pytest.importorskip("gcsfs")
 
 from test_pack_pt import tok_dir  # noqa: E402,F401  (a fixture: the Mixtral tokenizer folder)
-from test_uris import CLEAN, INSTRUCT, INSTRUCT_FIX, corpus, local_files, remote_files, same_run  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from test_uris import (CLEAN, INSTRUCT, INSTRUCT_FIX, corpus, free_port, interrupted_pack_resumes,  # noqa: E402
+                       local_files, remote_files, same_run, serving)
 
 
 @pytest.fixture(scope="module")
 def emulator():
     """The emulator in its own process on a free loopback port, in memory, with the bucket `bucket`; yields its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--in-memory", "--default-bucket", "bucket"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(400):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        else:
-            pytest.fail("the storage emulator did not start listening within 20 s")
-        if proc.poll() is not None:
-            pytest.fail(f"the storage emulator exited with {proc.returncode}")
+    with serving([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+                  "--in-memory", "--default-bucket", "bucket"], port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -112,8 +89,6 @@ def test_instruct_and_pack_read_and_write_gs_like_local_and_an_interrupted_pack_
         gcs, tok_dir, tmp_path, monkeypatch, capsys):
     """instruct into gs://, then pack from there into gs://, stopped after three pieces and run again: the files a
     local run writes, byte for byte; the rerun packs only the pieces not finished on the store."""
-    import zhdata.pack.packer as packer
-
     assert main(["instruct", str(INSTRUCT_FIX), "-o", str(tmp_path / "sft"), *INSTRUCT]) == 0
     src = put(gcs, INSTRUCT_FIX, "bucket/instruct-in")
     assert main(["instruct", src, "-o", "gs://bucket/sft", *INSTRUCT]) == 0
@@ -125,34 +100,7 @@ def test_instruct_and_pack_read_and_write_gs_like_local_and_an_interrupted_pack_
     assert LOCK_FILE not in got and not any(k.startswith(".") for k in got)
 
     args = ["--tokenizer", str(tok_dir), "--mode", "sft", "--block-size", "64", "--val-fraction", "0.3", "-q"]
-    assert main(["pack", str(tmp_path / "sft"), "-o", str(tmp_path / "packed"), *args]) == 0
-    encode, calls = packer.encode_piece, []
-
-    def dies_at_the_fourth(task):
-        calls.append(task)
-        if len(calls) == 4:
-            raise RuntimeError("driver killed")
-        return encode(task)
-
-    monkeypatch.setattr(packer, "encode_piece", dies_at_the_fourth)
-    with pytest.raises(RuntimeError, match="driver killed"):
-        main(["pack", "gs://bucket/sft", "-o", "gs://bucket/packed", *args])
-    left = remote_files(gcs, "bucket/packed")
-    assert sorted(k for k in left if not k.startswith(".pack-work/piece-0")) == [".pack-work/plan.json"]
-    assert sorted(k for k in left if k.endswith(".json") and "piece" in k) == [
-        f".pack-work/piece-{i:06d}.json" for i in range(3)]  # three pieces finished on the store, nothing else
-    calls.clear()
-    monkeypatch.setattr(packer, "encode_piece", lambda task: calls.append(task) or encode(task))
-    capsys.readouterr()
-    assert main(["pack", "gs://bucket/sft", "-o", "gs://bucket/packed", *args]) == 0
-    assert len(calls) == 7  # the three finished pieces were not packed again
-    assert "resuming: 3 of 10 pieces already packed" in capsys.readouterr().out
-    want, got = local_files(tmp_path / "packed"), remote_files(gcs, "bucket/packed")
-    assert sorted(want) == sorted(got)  # the bins and the manifest: no lock, no work folder left
-    assert all(got[k] == want[k] for k in want if k.endswith(".bin"))
-    assert len(want["train.tokens.bin"]) > 100 and len(want["val.tokens.bin"]) > 0
-    a, b = json.loads(want["manifest.json"]), json.loads(got["manifest.json"])
-    assert a["counts"] == b["counts"] and a["pack"] == b["pack"]
+    interrupted_pack_resumes(gcs, "gs://bucket/sft", "gs://bucket/packed", args, tmp_path, monkeypatch, capsys)
 
 
 def test_clean_on_ray_reaches_gs_through_the_endpoint_handed_to_its_workers(ray_cluster, gcs, tmp_path):
